@@ -1,0 +1,698 @@
+"""Every SQL statement jobsched runs, and the retrying of transient errors.
+
+Each state change of a job is one conditional ``UPDATE`` whose row count says
+whether this process won: a claim matches only the version it read, and every
+write after a claim matches only the owner and version that the claim produced
+(fencing). A lost race is a normal result (``False`` or an empty list), never an
+exception. Transient database errors (lost connections, ``database is locked``,
+deadlocks, serialization failures) retry the whole transaction with backoff; an
+error that outlasts the retries is raised as :class:`~jobsched.StoreError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    case,
+    delete,
+    exc,
+    func,
+    insert,
+    literal_column,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.sql.elements import ColumnElement
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from ._errors import StoreError
+from ._models import JobState, RunOutcome
+from ._tables import Tables, create_tables
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Attempts of one transaction before a transient error is given up on.
+RETRY_ATTEMPTS = 6
+# Backoff between those attempts: starts small, doubles, capped (seconds).
+RETRY_INITIAL_WAIT = 0.05
+RETRY_MAX_WAIT = 2.0
+
+
+def is_transient(error: BaseException) -> bool:
+    """Tell whether a database error may go away if the transaction is retried."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, (exc.OperationalError, exc.InterfaceError))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    logger.warning(
+        "transient database error (attempt %d of %d), retrying: %s",
+        state.attempt_number,
+        RETRY_ATTEMPTS,
+        error,
+        extra={"jobsched": {"action": "db_retry", "attempt": state.attempt_number}},
+    )
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """The columns of one job row that the scheduler decides from."""
+
+    id: int
+    name: str
+    function: str
+    trigger: str
+    args: str
+    options: str
+    status: JobState
+    next_run_at: datetime | None
+    scheduled_for: datetime | None
+    attempt: int
+    owner: str | None
+    lease_until: datetime | None
+    version: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to write for one job: a claim, a skip, or a completion.
+
+    Attributes:
+        status: The job's new state.
+        next_run_at: Its new next run time.
+        run_for: The fire time of the run being started (claims only).
+        attempt: The attempt number to store on the job.
+        scheduled_for: The fire time to store on the job (pending retry or run).
+        missed: Fire times to record as missed runs.
+        missed_total: How many fire times were missed in all.
+        reason: Why they were missed.
+        error: A reason stored on the job (broken rows, last failure).
+    """
+
+    status: JobState
+    next_run_at: datetime | None
+    run_for: datetime | None = None
+    attempt: int = 0
+    scheduled_for: datetime | None = None
+    missed: tuple[datetime, ...] = ()
+    missed_total: int = 0
+    reason: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run this process has claimed and must finish (or lose to fencing)."""
+
+    job_id: int
+    name: str
+    function: str
+    trigger: str
+    args: str
+    options: str
+    owner: str
+    version: int
+    scheduled_for: datetime
+    attempt: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How a run ended, as written to its history row."""
+
+    outcome: RunOutcome
+    finished_at: datetime
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+
+
+class Store:
+    """The only place that talks to the database.
+
+    Args:
+        engine: The host application's engine.
+        tables: The table definitions to use.
+    """
+
+    def __init__(self, engine: Engine, tables: Tables) -> None:
+        self.engine = engine
+        self.tables = tables
+        self._dialect = engine.dialect.name
+        self._retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(RETRY_ATTEMPTS),
+            wait=wait_exponential_jitter(
+                initial=RETRY_INITIAL_WAIT, max=RETRY_MAX_WAIT
+            ),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def run(self, work: Callable[[], T], what: str) -> T:
+        """Run ``work`` with transient errors retried, wrapping what remains.
+
+        Args:
+            work: Opens its own connection and transaction, so a retry starts over.
+            what: Names the operation in the error message.
+
+        Returns:
+            What ``work`` returned.
+
+        Raises:
+            StoreError: The database failed with an error that was not transient,
+                or that outlasted the retries.
+        """
+        try:
+            return self._retrying(work)
+        except exc.SQLAlchemyError as error:
+            raise StoreError(f"{what} failed: {error}") from error
+
+    def ensure_schema(self) -> None:
+        """Create the tables if needed and check their schema version."""
+        self.run(lambda: create_tables(self.engine, self.tables), "creating tables")
+
+    def server_time(self) -> datetime:
+        """Return the database server's current time, aware UTC."""
+        return self.run(self._server_time, "reading the database clock")
+
+    def _server_time(self) -> datetime:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(_server_now(self._dialect))).scalar_one()
+
+        if isinstance(value, str):  # SQLite returns text
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+    def _lock_candidates(self) -> bool:
+        """Tell whether the engine can skip rows that other claimers locked."""
+        version = self.engine.dialect.server_version_info or ()
+        if self._dialect == "postgresql":
+            return True
+        if self._dialect in ("mysql", "mariadb"):
+            is_maria = getattr(self.engine.dialect, "is_mariadb", False)
+            return version >= ((10, 6) if is_maria else (8, 0, 1))
+        return False
+
+    # -- reading ------------------------------------------------------------------
+
+    def _row(self, mapping: Any) -> JobRow:
+        return JobRow(
+            id=mapping["id"],
+            name=mapping["name"],
+            function=mapping["function"],
+            trigger=mapping["trigger"],
+            args=mapping["args"],
+            options=mapping["options"],
+            status=JobState(mapping["status"]),
+            next_run_at=mapping["next_run_at"],
+            scheduled_for=mapping["scheduled_for"],
+            attempt=mapping["attempt"],
+            owner=mapping["owner"],
+            lease_until=mapping["lease_until"],
+            version=mapping["version"],
+        )
+
+    def get_row(self, name: str) -> JobRow | None:
+        """Return the job row named ``name``, if there is one."""
+
+        def work() -> JobRow | None:
+            jobs = self.tables.jobs
+            with self.engine.connect() as conn:
+                found = conn.execute(select(jobs).where(jobs.c.name == name)).first()
+            return None if found is None else self._row(found._mapping)
+
+        return self.run(work, f"reading job {name!r}")
+
+    def next_event(self, functions: Collection[str]) -> datetime | None:
+        """Return the earliest time at which this process has work.
+
+        That is the earliest next run time of a scheduled job among
+        ``functions``, or the earliest lease expiry of any running job, in one
+        indexed query.
+        """
+        if not functions:
+            return None
+
+        jobs = self.tables.jobs
+        due = (
+            select(func.min(jobs.c.next_run_at))
+            .where(jobs.c.status == JobState.SCHEDULED.value)
+            .where(jobs.c.function.in_(sorted(functions)))
+            .scalar_subquery()
+        )
+        lease = (
+            select(func.min(jobs.c.lease_until))
+            .where(jobs.c.status == JobState.RUNNING.value)
+            .scalar_subquery()
+        )
+
+        def work() -> datetime | None:
+            with self.engine.connect() as conn:
+                first_due, first_expiry = conn.execute(select(due, lease)).one()
+
+            times = [t for t in (first_due, first_expiry) if t is not None]
+            return min(times) if times else None
+
+        return self.run(work, "polling for due jobs")
+
+    # -- registering ----------------------------------------------------------------
+
+    def insert_job(self, values: dict[str, Any], now: datetime) -> bool:
+        """Insert a job row unless one with its name exists.
+
+        Returns:
+            ``True`` when this call inserted it, ``False`` when the name was taken
+            (also when another process inserted it at the same moment).
+        """
+        jobs = self.tables.jobs
+        row = {
+            "attempt": 0,
+            "version": 0,
+            "missed_count": 0,
+            "created_at": now,
+            "updated_at": now,
+            **values,
+        }
+
+        def work() -> bool:
+            with self.engine.connect() as conn:
+                try:
+                    conn.execute(insert(jobs).values(row))
+                    conn.commit()
+                except exc.IntegrityError:
+                    conn.rollback()
+                    return False
+            return True
+
+        return self.run(work, f"inserting job {values['name']!r}")
+
+    def update_job(self, row: JobRow, values: dict[str, Any], now: datetime) -> bool:
+        """Change a job row if it still has the version that was read.
+
+        Returns:
+            Whether the row was changed (``False``: someone changed it first).
+        """
+        jobs = self.tables.jobs
+        statement = (
+            update(jobs)
+            .where(jobs.c.id == row.id, jobs.c.version == row.version)
+            .values(**values, version=jobs.c.version + 1, updated_at=now)
+        )
+
+        def work() -> bool:
+            with self.engine.begin() as conn:
+                return conn.execute(statement).rowcount == 1
+
+        return self.run(work, f"updating job {row.name!r}")
+
+    # -- claiming -------------------------------------------------------------------
+
+    def claim_due(
+        self,
+        functions: Collection[str],
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        decide: Callable[[JobRow], Decision],
+    ) -> list[Claim]:
+        """Claim up to ``limit`` due jobs among ``functions`` for ``owner``.
+
+        Every candidate is decided by ``decide`` (which may run it, skip its
+        missed fire times, or mark it broken) and written with one compare-and-set
+        ``UPDATE`` on its id, status and version; only rows whose update matched
+        are returned as claims, together with their new run rows.
+        """
+        if not functions or limit <= 0:
+            return []
+
+        jobs = self.tables.jobs
+        query = (
+            select(jobs)
+            .where(jobs.c.status == JobState.SCHEDULED.value)
+            .where(jobs.c.next_run_at <= now)
+            .where(jobs.c.function.in_(sorted(functions)))
+            .order_by(jobs.c.next_run_at)
+            .limit(limit)
+        )
+        locking = self._lock_candidates()
+        if locking:
+            query = query.with_for_update(skip_locked=True)
+
+        def work() -> list[Claim]:
+            if locking:
+                with self.engine.begin() as conn:
+                    rows = [self._row(r._mapping) for r in conn.execute(query)]
+                    return self._claim_rows(conn, rows, owner, now, lease, decide)
+
+            # No row locks (SQLite): read first, then write in a transaction that
+            # starts with a write, so no read lock is ever upgraded.
+            with self.engine.connect() as conn:
+                rows = [self._row(r._mapping) for r in conn.execute(query)]
+            with self.engine.begin() as conn:
+                return self._claim_rows(conn, rows, owner, now, lease, decide)
+
+        return self.run(work, "claiming due jobs")
+
+    def _claim_rows(
+        self,
+        conn: Connection,
+        rows: Iterable[JobRow],
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+        decide: Callable[[JobRow], Decision],
+    ) -> list[Claim]:
+        jobs = self.tables.jobs
+        claims = []
+        for row in rows:
+            decision = decide(row)
+            values: dict[str, Any] = {
+                "status": decision.status.value,
+                "next_run_at": decision.next_run_at,
+                "attempt": decision.attempt,
+                "scheduled_for": decision.scheduled_for,
+                "missed_count": jobs.c.missed_count + decision.missed_total,
+                "error": decision.error,
+            }
+            if decision.run_for is not None:
+                values.update(owner=owner, lease_until=now + lease, last_run_at=now)
+
+            won = self._set_if(
+                conn,
+                and_(
+                    jobs.c.id == row.id,
+                    jobs.c.version == row.version,
+                    jobs.c.status == JobState.SCHEDULED.value,
+                ),
+                values,
+                now,
+            )
+            if not won:
+                logger.debug("lost the claim of job %r to another process", row.name)
+                continue
+
+            self._record_missed(conn, row.id, row.name, decision, now)
+            if decision.run_for is None:
+                continue
+
+            claim = Claim(
+                job_id=row.id,
+                name=row.name,
+                function=row.function,
+                trigger=row.trigger,
+                args=row.args,
+                options=row.options,
+                owner=owner,
+                version=row.version + 1,
+                scheduled_for=decision.run_for,
+                attempt=decision.attempt,
+                started_at=now,
+            )
+            self._insert_run(conn, claim)
+            claims.append(claim)
+
+        return claims
+
+    def _set_if(
+        self,
+        conn: Connection,
+        condition: ColumnElement[bool],
+        values: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        """Apply ``values`` to the one job row matching ``condition``, fenced."""
+        jobs = self.tables.jobs
+        statement = (
+            update(jobs)
+            .where(condition)
+            .values(**values, version=jobs.c.version + 1, updated_at=now)
+        )
+        return conn.execute(statement).rowcount == 1
+
+    def _insert_run(self, conn: Connection, claim: Claim) -> None:
+        conn.execute(
+            insert(self.tables.runs).values(
+                job_id=claim.job_id,
+                job_name=claim.name,
+                scheduled_for=claim.scheduled_for,
+                attempt=claim.attempt,
+                owner=claim.owner,
+                started_at=claim.started_at,
+                outcome=RunOutcome.RUNNING.value,
+            )
+        )
+
+    def _record_missed(
+        self,
+        conn: Connection,
+        job_id: int,
+        name: str,
+        decision: Decision,
+        now: datetime,
+    ) -> None:
+        if not decision.missed:
+            return
+
+        logger.info(
+            "job %r missed %d fire time(s): %s",
+            name,
+            decision.missed_total,
+            decision.reason,
+            extra={"jobsched": {"action": "run_missed", "job": name}},
+        )
+        conn.execute(
+            insert(self.tables.runs),
+            [
+                {
+                    "job_id": job_id,
+                    "job_name": name,
+                    "scheduled_for": fire,
+                    "attempt": 0,
+                    "finished_at": now,
+                    "outcome": RunOutcome.MISSED.value,
+                    "error_message": decision.reason,
+                }
+                for fire in decision.missed
+            ],
+        )
+
+    # -- leases -------------------------------------------------------------------
+
+    def renew(
+        self, claims: Collection[Claim], now: datetime, lease: timedelta
+    ) -> list[Claim]:
+        """Extend the leases of ``claims``.
+
+        Returns:
+            The claims whose lease could not be renewed because another process
+            recovered the job (this process has lost them).
+        """
+        if not claims:
+            return []
+
+        jobs = self.tables.jobs
+
+        def work() -> list[Claim]:
+            lost = []
+            with self.engine.begin() as conn:
+                for claim in claims:
+                    statement = (
+                        update(jobs)
+                        .where(*self._fence(claim))
+                        .values(lease_until=now + lease)
+                    )
+                    if conn.execute(statement).rowcount != 1:
+                        lost.append(claim)
+            return lost
+
+        return self.run(work, "renewing leases")
+
+    def _fence(self, claim: Claim) -> tuple[ColumnElement[bool], ...]:
+        jobs = self.tables.jobs
+        return (
+            jobs.c.id == claim.job_id,
+            jobs.c.owner == claim.owner,
+            jobs.c.version == claim.version,
+        )
+
+    def expired(self, functions: Collection[str], now: datetime) -> list[JobRow]:
+        """Return running jobs among ``functions`` whose lease has expired."""
+        if not functions:
+            return []
+
+        jobs = self.tables.jobs
+        query = (
+            select(jobs)
+            .where(jobs.c.status == JobState.RUNNING.value)
+            .where(jobs.c.lease_until < now)
+            .where(jobs.c.function.in_(sorted(functions)))
+        )
+
+        def work() -> list[JobRow]:
+            with self.engine.connect() as conn:
+                return [self._row(r._mapping) for r in conn.execute(query)]
+
+        return self.run(work, "looking for expired leases")
+
+    # -- finishing ------------------------------------------------------------------
+
+    def finish(self, claim: Claim, end: RunEnd, decision: Decision) -> bool:
+        """Record how a claimed run ended and move its job on, fenced by the claim.
+
+        Returns:
+            ``False`` when the claim had been lost (another process recovered the
+            job); then nothing is written.
+        """
+        jobs = self.tables.jobs
+        condition = and_(*self._fence(claim), jobs.c.status == JobState.RUNNING.value)
+        return self.run(
+            lambda: self._finish(condition, claim.job_id, claim, end, decision),
+            f"recording the run of job {claim.name!r}",
+        )
+
+    def abandon(self, row: JobRow, now: datetime, end: RunEnd, decision: Decision) -> bool:
+        """Recover a running job whose lease expired, recording its run as ended.
+
+        Returns:
+            Whether this process recovered it (``False``: someone else did, or the
+            owner renewed its lease after all).
+        """
+        jobs = self.tables.jobs
+        condition = and_(
+            jobs.c.id == row.id,
+            jobs.c.version == row.version,
+            jobs.c.status == JobState.RUNNING.value,
+            jobs.c.lease_until < now,
+        )
+        slot = Claim(
+            job_id=row.id,
+            name=row.name,
+            function=row.function,
+            trigger=row.trigger,
+            args=row.args,
+            options=row.options,
+            owner=row.owner or "",
+            version=row.version,
+            scheduled_for=row.scheduled_for or now,
+            attempt=row.attempt,
+            started_at=now,
+        )
+        return self.run(
+            lambda: self._finish(condition, row.id, slot, end, decision),
+            f"recovering job {row.name!r}",
+        )
+
+    def _finish(
+        self,
+        condition: ColumnElement[bool],
+        job_id: int,
+        claim: Claim,
+        end: RunEnd,
+        decision: Decision,
+    ) -> bool:
+        jobs, runs = self.tables.jobs, self.tables.runs
+        status: Any = decision.status.value
+        if decision.status is JobState.SCHEDULED:
+            # pause() on a running job takes effect when its run ends.
+            status = case(
+                (jobs.c.paused == true(), JobState.PAUSED.value), else_=status
+            )
+        values: dict[str, Any] = {
+            "status": status,
+            "next_run_at": decision.next_run_at,
+            "scheduled_for": decision.scheduled_for,
+            "attempt": decision.attempt,
+            "owner": None,
+            "lease_until": None,
+            "last_outcome": end.outcome.value,
+            "missed_count": jobs.c.missed_count + decision.missed_total,
+            "error": decision.error,
+        }
+        with self.engine.begin() as conn:
+            if not self._set_if(conn, condition, values, end.finished_at):
+                return False
+
+            conn.execute(
+                update(runs)
+                .where(
+                    runs.c.job_id == job_id,
+                    runs.c.scheduled_for == claim.scheduled_for,
+                    runs.c.attempt == claim.attempt,
+                    runs.c.outcome == RunOutcome.RUNNING.value,
+                )
+                .values(
+                    outcome=end.outcome.value,
+                    finished_at=end.finished_at,
+                    error_type=end.error_type,
+                    error_message=end.error_message,
+                    traceback=end.traceback,
+                )
+            )
+            self._record_missed(conn, job_id, claim.name, decision, end.finished_at)
+        return True
+
+    def release(self, claim: Claim, now: datetime) -> bool:
+        """Give back a claimed run that never started, so any process runs it now."""
+        jobs, runs = self.tables.jobs, self.tables.runs
+
+        def work() -> bool:
+            with self.engine.begin() as conn:
+                values = {
+                    "status": JobState.SCHEDULED.value,
+                    "next_run_at": claim.scheduled_for,
+                    "scheduled_for": claim.scheduled_for,
+                    "attempt": claim.attempt - 1,
+                    "owner": None,
+                    "lease_until": None,
+                }
+                if not self._set_if(conn, and_(*self._fence(claim)), values, now):
+                    return False
+
+                conn.execute(
+                    delete(runs).where(
+                        runs.c.job_id == claim.job_id,
+                        runs.c.scheduled_for == claim.scheduled_for,
+                        runs.c.attempt == claim.attempt,
+                    )
+                )
+            return True
+
+        return self.run(work, f"releasing job {claim.name!r}")
+
+
+def _server_now(dialect: str) -> ColumnElement[Any]:
+    """Return an SQL expression for the server's current UTC time."""
+    if dialect == "postgresql":
+        return literal_column("(clock_timestamp() AT TIME ZONE 'UTC')")
+    if dialect in ("mysql", "mariadb"):
+        return literal_column("UTC_TIMESTAMP(6)")
+    if dialect == "sqlite":
+        return literal_column("strftime('%Y-%m-%d %H:%M:%f', 'now')")
+    return func.current_timestamp()
+

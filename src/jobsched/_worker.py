@@ -1,0 +1,238 @@
+"""The background threads: the poller behind ``start()`` and the lease keeper.
+
+The poller sleeps until the next known due time (at most ``poll_interval``),
+claims no more jobs than it has free workers, and hands them to a thread pool.
+The lease keeper renews the lease of every run this process holds, whether it
+runs in the pool or inline in ``run_pending()``, until the run is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from ._errors import StoreError
+from ._store import Claim
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+# Renew a lease when a third of it has passed, so two renewals can fail in a row.
+RENEW_FRACTION = 3
+# Shortest sleep after a poll that found due work it could not claim (another
+# process holds it): short enough to stay prompt, long enough not to spin.
+CONTENDED_DELAY = 0.05
+# Longest sleep between polls while the database keeps failing (seconds).
+MAX_FAILURE_DELAY = 30.0
+
+
+class LeaseKeeper:
+    """Renews the leases of this process's claimed runs in a thread of its own."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._claims: dict[tuple[int, int], Claim] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, claims: Iterable[Claim]) -> None:
+        """Start renewing the leases of ``claims``."""
+        with self._lock:
+            for claim in claims:
+                self._claims[(claim.job_id, claim.version)] = claim
+            if self._claims and self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="jobsched-leases", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, claim: Claim) -> None:
+        """Stop renewing the lease of ``claim``."""
+        with self._lock:
+            self._claims.pop((claim.job_id, claim.version), None)
+
+    @contextmanager
+    def keeping(self, claims: Iterable[Claim]) -> Iterator[None]:
+        """Renew the leases of ``claims`` for the duration of the block."""
+        held = list(claims)
+        self.add(held)
+        try:
+            yield
+        finally:
+            for claim in held:
+                self.discard(claim)
+
+    def _loop(self) -> None:
+        period = self._scheduler.lease.total_seconds() / RENEW_FRACTION
+        while True:
+            time.sleep(period)
+            with self._lock:
+                claims = list(self._claims.values())
+                if not claims:
+                    self._thread = None
+                    return
+
+            self._renew(claims)
+
+    def _renew(self, claims: list[Claim]) -> None:
+        scheduler = self._scheduler
+        try:
+            lost = scheduler.store.renew(claims, scheduler.clock.now(), scheduler.lease)
+        except StoreError as error:
+            logger.warning("could not renew leases, will try again: %s", error)
+            return
+
+        for claim in lost:
+            logger.warning(
+                "job %r: lease lost to another process; this run's result will "
+                "not be recorded",
+                claim.name,
+                extra={"jobsched": {"action": "lease_lost", "job": claim.name}},
+            )
+            self.discard(claim)
+
+
+class Poller:
+    """The thread behind :meth:`Scheduler.start` and its pool of workers."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._running: dict[Future[object], Claim] = {}
+        self._pool = ThreadPoolExecutor(
+            scheduler.max_workers, thread_name_prefix="jobsched-worker"
+        )
+        self._thread = threading.Thread(
+            target=self._loop, name="jobsched-poller", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the polling thread."""
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        """Whether the polling thread runs."""
+        return self._thread.is_alive()
+
+    def wake(self) -> None:
+        """Poll now instead of at the end of the current sleep."""
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        """Stop claiming, release claims not started, wait for running jobs."""
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(max(deadline - time.monotonic(), 0))
+
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            pending = dict(self._running)
+        for future, claim in pending.items():
+            if future.cancelled():
+                self._release(claim)
+
+        for future in pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                future.exception(timeout=remaining)
+            except Exception:  # noqa: BLE001, S110 - timed out or cancelled
+                pass
+
+    def _release(self, claim: Claim) -> None:
+        scheduler = self._scheduler
+        scheduler._leases.discard(claim)
+        try:
+            scheduler.store.release(claim, scheduler.clock.now())
+        except StoreError as error:
+            logger.warning("could not release job %r: %s", claim.name, error)
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                delay = self._tick()
+                failures = 0
+            except StoreError as error:
+                failures += 1
+                delay = min(
+                    self._scheduler.poll_interval * 2**failures, MAX_FAILURE_DELAY
+                )
+                logger.warning(
+                    "poll failed (%d in a row), next try in %.1f s: %s",
+                    failures,
+                    delay,
+                    error,
+                    extra={"jobsched": {"action": "poll_failed"}},
+                )
+            except Exception:
+                logger.exception("unexpected error in the poll loop; continuing")
+                delay = self._scheduler.poll_interval
+
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def _free_workers(self) -> int:
+        with self._lock:
+            return self._scheduler.max_workers - len(self._running)
+
+    def _tick(self) -> float:
+        """Poll once; return how long to sleep before the next poll."""
+        scheduler = self._scheduler
+        scheduler._ensure_ready()
+        now = scheduler.clock.now()
+        interval = scheduler.poll_interval
+        next_event = scheduler.store.next_event(scheduler._registry.names())
+        if next_event is None or next_event > now:
+            logger.debug("nothing due; sleeping")
+            wait = interval if next_event is None else (next_event - now).total_seconds()
+            return min(max(wait, 0.0), interval)
+
+        scheduler._recover_expired(now)
+        free = self._free_workers()
+        if free <= 0:
+            return interval  # a finishing worker wakes the poller
+
+        claims = scheduler._claim(now, free)
+        scheduler._leases.add(claims)
+        for claim in claims:
+            self._submit(claim)
+
+        return 0.0 if claims else CONTENDED_DELAY
+
+    def _submit(self, claim: Claim) -> None:
+        with self._lock:
+            future: Future[object] = self._pool.submit(self._run, claim)
+            self._running[future] = claim
+        future.add_done_callback(self._done)
+
+    def _run(self, claim: Claim) -> object:
+        scheduler = self._scheduler
+        try:
+            return scheduler.run_claim(claim)
+        except (KeyboardInterrupt, SystemExit):
+            logger.critical(
+                "job %r raised KeyboardInterrupt or SystemExit; the scheduler stops "
+                "claiming jobs",
+                claim.name,
+            )
+            self._stopping.set()
+            raise
+        finally:
+            scheduler._leases.discard(claim)
+
+    def _done(self, future: Future[object]) -> None:
+        with self._lock:
+            self._running.pop(future, None)
+        self._wake.set()
