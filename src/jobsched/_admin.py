@@ -6,14 +6,18 @@ deep it is: jobs are ordered by name, runs by id (newest first).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
 
 from ._errors import JobNotFound, SchedulerStateError
-from ._models import JobState, RunInfo, RunOutcome
+from ._models import JobInfo, JobState, RunInfo, RunOutcome
+from ._registry import decode_args
 from ._store import JobRow, Store
+from ._triggers import Trigger, trigger_from_spec
 
 #: Page size of a listing when none is given.
 DEFAULT_PAGE_SIZE = 100
@@ -27,8 +31,10 @@ def check_page_size(limit: int) -> None:
     Raises:
         ValueError: The size is out of range.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or not (
-        1 <= limit <= MAX_PAGE_SIZE
+    if (
+        isinstance(limit, bool)
+        or not isinstance(limit, int)
+        or not (1 <= limit <= MAX_PAGE_SIZE)
     ):
         raise ValueError(
             f"page size must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}"
@@ -85,9 +91,7 @@ class Admin:
 
     def _change(self, name: str, condition: Any, values: dict[str, Any]) -> bool:
         jobs = self.jobs
-        statement = (
-            update(jobs).where(jobs.c.name == name, condition).values(**values)
-        )
+        statement = update(jobs).where(jobs.c.name == name, condition).values(**values)
 
         def work() -> bool:
             with self.store.engine.begin() as conn:
@@ -177,7 +181,9 @@ class Admin:
 
         def work() -> bool:
             with self.store.engine.begin() as conn:
-                return conn.execute(delete(jobs).where(jobs.c.name == name)).rowcount == 1
+                return (
+                    conn.execute(delete(jobs).where(jobs.c.name == name)).rowcount == 1
+                )
 
         if not self.store.run(work, f"removing job {name!r}"):
             raise JobNotFound(name)
@@ -200,8 +206,11 @@ class Admin:
         return self.store.run(work, "listing runs")
 
     def prune_runs(self, older_than: datetime | None, keep: int | None) -> int:
-        """Delete finished runs that ended before ``older_than``, or beyond the
-        newest ``keep`` per job.
+        """Delete old finished runs.
+
+        Args:
+            older_than: Delete runs that ended before this time.
+            keep: Delete runs beyond the newest ``keep`` of each job.
 
         Returns:
             How many rows were deleted.
@@ -262,4 +271,33 @@ def _run_info(row: Any) -> RunInfo:
         error_type=row["error_type"],
         error_message=row["error_message"],
         traceback=row["traceback"],
+    )
+
+
+def job_info(row: JobRow, full: Mapping[str, Any]) -> JobInfo:
+    """Build the management view of a job row."""
+    try:
+        trigger: Trigger | None = trigger_from_spec(json.loads(row.trigger))
+    except (ValueError, TypeError, AttributeError):
+        trigger = None
+    try:
+        args, kwargs = decode_args(row.args)
+    except (ValueError, TypeError):
+        args, kwargs = (), {}
+    outcome = full.get("last_outcome")
+    return JobInfo(
+        name=row.name,
+        function=row.function,
+        trigger=trigger,
+        status=row.status,
+        next_run_at=row.next_run_at,
+        last_run_at=full.get("last_run_at"),
+        last_outcome=RunOutcome(outcome) if outcome else None,
+        attempt=row.attempt,
+        owner=row.owner,
+        lease_until=row.lease_until,
+        args=args,
+        kwargs=kwargs,
+        error=full.get("error"),
+        missed_count=full.get("missed_count") or 0,
     )

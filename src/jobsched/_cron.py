@@ -387,7 +387,7 @@ def _split_fields(expression: str, *, seconds: bool) -> list[str]:
     """Return the six field texts, seconds first (``"0"`` when not given)."""
     text = expression.strip()
     if not text:
-        raise InvalidTrigger("the cron expression is empty")
+        raise InvalidTrigger(f"invalid cron expression {expression!r}: it is empty")
     if text.startswith("@"):
         text = _expand_alias(text, expression)
         seconds = False

@@ -11,11 +11,12 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from ._errors import DuplicateJob, InvalidArguments, JobDefinitionError
-from ._models import JobOptions
-from ._triggers import Trigger
+from ._models import JobOptions, Misfire, Overlap
+from ._triggers import CronTrigger, IntervalTrigger, OnceTrigger, Trigger
 
 # Longest job name, so that names fit the indexed column on every database.
 MAX_NAME_LENGTH = 191
@@ -68,8 +69,7 @@ def check_name(name: str) -> None:
         raise JobDefinitionError(f"a job name must be a non-empty string, got {name!r}")
     if len(name) > MAX_NAME_LENGTH:
         raise JobDefinitionError(
-            f"the name is {len(name)} characters long; at most "
-            f"{MAX_NAME_LENGTH} fit",
+            f"the name is {len(name)} characters long; at most {MAX_NAME_LENGTH} fit",
             job=name,
         )
 
@@ -112,9 +112,7 @@ def encode_args(job: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str
         InvalidArguments: A value is not plain JSON (objects, sets, bytes,
             datetimes, NaN, non-string keys...).
     """
-    problem = _json_problem(list(args), "args") or _json_problem(
-        dict(kwargs), "kwargs"
-    )
+    problem = _json_problem(list(args), "args") or _json_problem(dict(kwargs), "kwargs")
     if problem:
         raise InvalidArguments(
             f"arguments must be JSON values: {problem}; convert it before "
@@ -141,6 +139,104 @@ def decode_args(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ValueError("stored arguments need a list 'args' and an object 'kwargs'")
     return tuple(args), kwargs
+
+
+def as_delta(value: float | timedelta | None, what: str) -> timedelta | None:
+    if value is None:
+        return None
+    delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if delta < timedelta(0):
+        raise JobDefinitionError(f"{what} must not be negative, got {value!r}")
+    return delta
+
+
+def build_spec(
+    name: str,
+    func: Callable[..., Any],
+    *,
+    cron: str | None = None,
+    timezone: str = "UTC",
+    seconds: bool = False,
+    every: float | timedelta | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    jitter: float | timedelta | None = None,
+    at: datetime | None = None,
+    trigger: Trigger | None = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    misfire: Misfire | str = Misfire.COALESCE,
+    grace: float | timedelta | None = None,
+    catch_up_window: float | timedelta | None = None,
+    overlap: Overlap | str = Overlap.SKIP,
+    max_attempts: int = 1,
+    retry_wait: Any = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    paused: bool = False,
+) -> JobSpec:
+    """Validate a registration and build its :class:`JobSpec`.
+
+    Raises:
+        JobDefinitionError: Anything invalid (without the job's name; the caller
+            adds it).
+    """
+    if not callable(func):
+        raise JobDefinitionError(f"{func!r} is not callable")
+
+    given = [
+        k
+        for k, v in (("cron", cron), ("every", every), ("at", at), ("trigger", trigger))
+        if v is not None
+    ]
+    if len(given) > 1:
+        raise JobDefinitionError(f"give one schedule, not {' and '.join(given)}")
+    if cron is not None:
+        trigger = CronTrigger(cron, timezone, seconds=seconds)
+    elif every is not None:
+        interval = as_delta(every, "every") or timedelta(0)
+        trigger = IntervalTrigger(
+            interval, start, end, as_delta(jitter, "jitter") or timedelta(0)
+        )
+    elif at is not None:
+        trigger = OnceTrigger(at)
+
+    kwargs = dict(kwargs or {})
+    encode_args(name, args, kwargs)
+    if not isinstance(max_attempts, int) or max_attempts < 1:
+        raise JobDefinitionError(
+            f"max_attempts must be at least 1, got {max_attempts!r}"
+        )
+    try:
+        job_options = JobOptions(
+            misfire=Misfire(misfire),
+            grace=as_delta(grace, "grace"),
+            catch_up_window=(
+                as_delta(catch_up_window, "catch_up_window")
+                or JobOptions().catch_up_window
+            ),
+            overlap=Overlap(overlap),
+            max_attempts=max_attempts,
+        )
+    except ValueError as error:
+        raise JobDefinitionError(str(error)) from error
+
+    retry_on = tuple(retry_on)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+        raise JobDefinitionError(
+            f"retry_on must hold exception types, got {retry_on!r}"
+        )
+
+    return JobSpec(
+        name=name,
+        func=func,
+        trigger=trigger,
+        args=tuple(args),
+        kwargs=kwargs,
+        options=job_options,
+        retry_wait=retry_wait,
+        retry_on=retry_on,
+        paused=paused,
+    )
 
 
 class Registry:

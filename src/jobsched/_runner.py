@@ -80,7 +80,7 @@ def execute(
     started = time.perf_counter()
     try:
         func(*args, **kwargs)
-    except BaseException as error:  # noqa: BLE001 - recorded, then re-raised if fatal
+    except BaseException as error:
         return Execution(RunOutcome.FAILED, error, time.perf_counter() - started)
 
     return Execution(RunOutcome.SUCCEEDED, None, time.perf_counter() - started)

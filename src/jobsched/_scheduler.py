@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -15,7 +14,7 @@ from typing import Any, TypeVar, overload
 
 from sqlalchemy import Engine
 
-from ._admin import DEFAULT_PAGE_SIZE, Admin, check_page_size
+from ._admin import DEFAULT_PAGE_SIZE, Admin, check_page_size, job_info
 from ._clock import Clock, DatabaseClock
 from ._decide import decide_claim, decide_end, parse_row
 from ._errors import (
@@ -38,6 +37,8 @@ from ._models import (
 from ._registry import (
     JobSpec,
     Registry,
+    as_delta,
+    build_spec,
     check_name,
     decode_args,
     default_name,
@@ -45,14 +46,12 @@ from ._registry import (
 )
 from ._runner import Execution, execute
 from ._store import Claim, Decision, JobRow, RunEnd, Store
+from ._sync import Synchronizer
 from ._tables import DEFAULT_PREFIX, check_schema_version, define_tables
 from ._triggers import (
-    CronTrigger,
-    IntervalTrigger,
     OnceTrigger,
     Trigger,
     preview,
-    trigger_from_spec,
 )
 from ._worker import LeaseKeeper, Poller
 
@@ -75,15 +74,6 @@ DEFAULT_STOP_TIMEOUT = 30.0
 def _owner_token() -> str:
     """Return an owner identity unique to this process start."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def _seconds(value: float | timedelta | None, what: str) -> timedelta | None:
-    if value is None:
-        return None
-    delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
-    if delta < timedelta(0):
-        raise JobDefinitionError(f"{what} must not be negative, got {value!r}")
-    return delta
 
 
 class Scheduler:
@@ -135,7 +125,7 @@ class Scheduler:
         self.clock: Clock = clock or DatabaseClock(self.store.server_time)
         self.max_workers = max_workers
         self.poll_interval = float(poll_interval)
-        self.lease = _seconds(lease, "lease") or DEFAULT_LEASE
+        self.lease = as_delta(lease, "lease") or DEFAULT_LEASE
         self.batch_size = batch_size
         self._create_tables = create_tables
         self._registry = Registry()
@@ -144,6 +134,7 @@ class Scheduler:
         self._schema_ready = False
         self._pid = os.getpid()
         self.owner = _owner_token()
+        self._sync = Synchronizer(self.store, self.clock)
         self._leases = LeaseKeeper(self)
         self._poller: Poller | None = None
 
@@ -180,9 +171,7 @@ class Scheduler:
         paused: bool = False,
     ) -> Callable[[F], F]: ...
 
-    def job(
-        self, func: F | None = None, /, **options: Any
-    ) -> F | Callable[[F], F]:
+    def job(self, func: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
         """Register a function as a job, with or without a schedule.
 
         Use it bare (``@scheduler.job``) for a function that only runs when
@@ -230,7 +219,7 @@ class Scheduler:
         name = options.pop("name", None) or default_name(func)
         check_name(name)
         try:
-            spec = self._build_spec(name, func, **options)
+            spec = build_spec(name, func, **options)
         except JobDefinitionError as error:
             raise error.for_job(name) from error
         except TypeError as error:
@@ -240,84 +229,6 @@ class Scheduler:
         with self._lock:
             self._synced.discard(name)
         return spec
-
-    def _build_spec(
-        self,
-        name: str,
-        func: Callable[..., Any],
-        *,
-        cron: str | None = None,
-        timezone: str = "UTC",
-        seconds: bool = False,
-        every: float | timedelta | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        jitter: float | timedelta | None = None,
-        at: datetime | None = None,
-        trigger: Trigger | None = None,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        misfire: Misfire | str = Misfire.COALESCE,
-        grace: float | timedelta | None = None,
-        catch_up_window: float | timedelta | None = None,
-        overlap: Overlap | str = Overlap.SKIP,
-        max_attempts: int = 1,
-        retry_wait: Any = None,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
-        paused: bool = False,
-    ) -> JobSpec:
-        if not callable(func):
-            raise JobDefinitionError(f"{func!r} is not callable")
-
-        given = [k for k, v in (("cron", cron), ("every", every), ("at", at),
-                                ("trigger", trigger)) if v is not None]
-        if len(given) > 1:
-            raise JobDefinitionError(
-                f"give one schedule, not {' and '.join(given)}"
-            )
-        if cron is not None:
-            trigger = CronTrigger(cron, timezone, seconds=seconds)
-        elif every is not None:
-            interval = _seconds(every, "every") or timedelta(0)
-            trigger = IntervalTrigger(
-                interval, start, end, _seconds(jitter, "jitter") or timedelta(0)
-            )
-        elif at is not None:
-            trigger = OnceTrigger(at)
-
-        kwargs = dict(kwargs or {})
-        encode_args(name, args, kwargs)
-        if not isinstance(max_attempts, int) or max_attempts < 1:
-            raise JobDefinitionError(f"max_attempts must be at least 1, got {max_attempts!r}")
-        try:
-            job_options = JobOptions(
-                misfire=Misfire(misfire),
-                grace=_seconds(grace, "grace"),
-                catch_up_window=(
-                    _seconds(catch_up_window, "catch_up_window")
-                    or JobOptions().catch_up_window
-                ),
-                overlap=Overlap(overlap),
-                max_attempts=max_attempts,
-            )
-        except ValueError as error:
-            raise JobDefinitionError(str(error)) from error
-
-        retry_on = tuple(retry_on)
-        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
-            raise JobDefinitionError(f"retry_on must hold exception types, got {retry_on!r}")
-
-        return JobSpec(
-            name=name,
-            func=func,
-            trigger=trigger,
-            args=tuple(args),
-            kwargs=kwargs,
-            options=job_options,
-            retry_wait=retry_wait,
-            retry_on=retry_on,
-            paused=paused,
-        )
 
     def enqueue(
         self,
@@ -358,7 +269,7 @@ class Scheduler:
             raise error.for_job(job_name) from error
 
         inserted = self.store.insert_job(
-            self._row_values(job_name, function, trigger, text, JobOptions()),
+            self._sync.row_values(job_name, function, trigger, text, JobOptions()),
             self.clock.now(),
         )
         if not inserted:
@@ -366,43 +277,6 @@ class Scheduler:
 
         self._after_change()
         return job_name
-
-    # -- synchronising registered jobs with the table -----------------------------
-
-    def _row_values(
-        self,
-        name: str,
-        function: str,
-        trigger: Trigger,
-        args_text: str,
-        options: JobOptions,
-        paused: bool = False,
-    ) -> dict[str, Any]:
-        first = self._first_fire(trigger)
-        status = JobState.SCHEDULED if first is not None else JobState.DONE
-        if paused:
-            status = JobState.PAUSED
-        return {
-            "name": name,
-            "function": function,
-            "trigger": _dump(trigger.to_spec()),
-            "args": args_text,
-            "options": _dump(options.to_json()),
-            "status": status.value,
-            "paused": paused,
-            "next_run_at": first,
-        }
-
-    def _first_fire(self, trigger: Trigger) -> datetime | None:
-        if isinstance(trigger, OnceTrigger):
-            return trigger.at
-        return trigger.next_after(self.clock.now())
-
-    def _resolve(self, trigger: Trigger) -> Trigger:
-        """Anchor an interval without a start at the time of registration."""
-        if isinstance(trigger, IntervalTrigger) and trigger.start is None:
-            return trigger.with_start(self.clock.now())
-        return trigger
 
     def _ensure_ready(self) -> None:
         """Fork check, tables, and registered jobs written to the table."""
@@ -424,71 +298,8 @@ class Scheduler:
 
             for spec in self._registry.scheduled():
                 if spec.name not in self._synced:
-                    self._sync(spec)
+                    self._sync.sync(spec)
                     self._synced.add(spec.name)
-
-    def _sync(self, spec: JobSpec) -> None:
-        """Make the table's row for ``spec`` match its registration.
-
-        An unchanged registration changes nothing; an edited trigger replaces the
-        stored one and moves the next run time to the new schedule's next fire
-        time after now, without running at once.
-        """
-        assert_trigger = spec.trigger
-        if assert_trigger is None:
-            return
-
-        args_text = encode_args(spec.name, spec.args, spec.kwargs)
-        options_text = _dump(spec.options.to_json())
-        for _ in range(3):  # a concurrent change bumps the version: read again
-            row = self.store.get_row(spec.name)
-            if row is None:
-                values = self._row_values(
-                    spec.name,
-                    spec.name,
-                    self._resolve(assert_trigger),
-                    args_text,
-                    spec.options,
-                    spec.paused,
-                )
-                if self.store.insert_job(values, self.clock.now()):
-                    logger.info("job %r added to the table", spec.name)
-                    return
-                continue
-
-            values = self._changes(spec, assert_trigger, row, args_text, options_text)
-            if not values or self.store.update_job(row, values, self.clock.now()):
-                return
-
-    def _changes(
-        self,
-        spec: JobSpec,
-        trigger: Trigger,
-        row: JobRow,
-        args_text: str,
-        options_text: str,
-    ) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        if row.args != args_text:
-            values["args"] = args_text
-        if row.options != options_text:
-            values["options"] = options_text
-        if row.function != spec.name:
-            values["function"] = spec.name
-        if _same_schedule(trigger, row.trigger):
-            return values
-
-        resolved = self._resolve(trigger)
-        values["trigger"] = _dump(resolved.to_spec())
-        values["error"] = None
-        logger.info("job %r has a new schedule: %s", spec.name, values["trigger"])
-        if row.status is not JobState.RUNNING:
-            first = self._first_fire(resolved)
-            values.update(next_run_at=first, scheduled_for=None, attempt=0)
-            if row.status is not JobState.PAUSED:
-                done = first is None
-                values["status"] = (JobState.DONE if done else JobState.SCHEDULED).value
-        return values
 
     def _check_fork(self) -> None:
         """After a fork, drop the parent's pooled connections and identity."""
@@ -506,6 +317,7 @@ class Scheduler:
             self._poller = None
             if isinstance(self.clock, DatabaseClock):
                 self.clock = DatabaseClock(self.store.server_time)
+                self._sync = Synchronizer(self.store, self.clock)
 
     def _after_change(self) -> None:
         """Wake the local poller: something may be due sooner than it thought."""
@@ -575,8 +387,9 @@ class Scheduler:
         )
         if spec is None:  # unregistered since the claim: give it back
             self.store.release(claim, self.clock.now())
-            return RunResult(claim.name, 0, claim.scheduled_for, claim.attempt,
-                             RunOutcome.ABANDONED)
+            return RunResult(
+                claim.name, 0, claim.scheduled_for, claim.attempt, RunOutcome.ABANDONED
+            )
 
         args, kwargs = decode_args(claim.args)
         execution = execute(spec.func, args, kwargs)
@@ -633,7 +446,10 @@ class Scheduler:
         }
         if execution.error is None:
             logger.info(
-                "job %r succeeded in %.3f s", claim.name, execution.duration, extra=extra
+                "job %r succeeded in %.3f s",
+                claim.name,
+                execution.duration,
+                extra=extra,
             )
         else:
             logger.error(
@@ -749,7 +565,7 @@ class Scheduler:
         self._ensure_ready()
         state = JobState(status) if status is not None else None
         rows = self._admin.list_rows(state, after, limit)
-        items = [_job_info(row, full) for row, full in rows]
+        items = [job_info(row, full) for row, full in rows]
         cursor = items[-1].name if len(items) == limit else None
         return Page(items, cursor)
 
@@ -761,7 +577,7 @@ class Scheduler:
         """
         self._ensure_ready()
         row, full = self._admin.get_full(name)
-        return _job_info(row, full)
+        return job_info(row, full)
 
     def pause(self, name: str) -> None:
         """Pause a job; a running job pauses when its current run ends."""
@@ -830,7 +646,7 @@ class Scheduler:
         if keep is not None and keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep!r}")
         self._ensure_ready()
-        age = _seconds(older_than, "older_than")
+        age = as_delta(older_than, "older_than")
         cutoff = self.clock.now() - age if age is not None else None
         return self._admin.prune_runs(cutoff, keep)
 
@@ -842,53 +658,4 @@ class Scheduler:
             trigger = self.get_job(name).trigger
         if trigger is None:
             raise JobNotFound(name)
-        return preview(self._resolve(trigger), self.clock.now(), count)
-
-
-def _dump(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _same_schedule(declared: Trigger, stored_text: str) -> bool:
-    """Compare a registered trigger with the stored one.
-
-    An interval registered without ``start`` is anchored when first stored, so
-    the stored start is not compared.
-    """
-    try:
-        stored = json.loads(stored_text)
-    except ValueError:
-        return False
-    spec = declared.to_spec()
-    if isinstance(declared, IntervalTrigger) and declared.start is None:
-        stored = {k: v for k, v in stored.items() if k != "start"}
-        spec = {k: v for k, v in spec.items() if k != "start"}
-    return bool(stored == json.loads(_dump(spec)))
-
-
-def _job_info(row: JobRow, full: Mapping[str, Any]) -> JobInfo:
-    try:
-        trigger: Trigger | None = trigger_from_spec(json.loads(row.trigger))
-    except (ValueError, TypeError, AttributeError):
-        trigger = None
-    try:
-        args, kwargs = decode_args(row.args)
-    except (ValueError, TypeError):
-        args, kwargs = (), {}
-    outcome = full.get("last_outcome")
-    return JobInfo(
-        name=row.name,
-        function=row.function,
-        trigger=trigger,
-        status=row.status,
-        next_run_at=row.next_run_at,
-        last_run_at=full.get("last_run_at"),
-        last_outcome=RunOutcome(outcome) if outcome else None,
-        attempt=row.attempt,
-        owner=row.owner,
-        lease_until=row.lease_until,
-        args=args,
-        kwargs=kwargs,
-        error=full.get("error"),
-        missed_count=full.get("missed_count") or 0,
-    )
+        return preview(self._sync.resolve(trigger), self.clock.now(), count)

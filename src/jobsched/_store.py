@@ -37,7 +37,8 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from ._errors import StoreError
@@ -162,9 +163,8 @@ class Store:
         self._retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(RETRY_ATTEMPTS),
-            wait=wait_exponential_jitter(
-                initial=RETRY_INITIAL_WAIT, max=RETRY_MAX_WAIT
-            ),
+            wait=wait_exponential(multiplier=RETRY_INITIAL_WAIT, max=RETRY_MAX_WAIT)
+            + wait_random(0, RETRY_INITIAL_WAIT),
             before_sleep=_log_retry,
             reraise=True,
         )
@@ -202,11 +202,12 @@ class Store:
         with self.engine.connect() as conn:
             value = conn.execute(select(_server_now(self._dialect))).scalar_one()
 
-        if isinstance(value, str):  # SQLite returns text
-            value = datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if not isinstance(moment, datetime):
+            raise StoreError(f"the database returned {value!r} as its time")
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc)
 
     def _lock_candidates(self) -> bool:
         """Tell whether the engine can skip rows that other claimers locked."""
@@ -576,7 +577,9 @@ class Store:
             f"recording the run of job {claim.name!r}",
         )
 
-    def abandon(self, row: JobRow, now: datetime, end: RunEnd, decision: Decision) -> bool:
+    def abandon(
+        self, row: JobRow, now: datetime, end: RunEnd, decision: Decision
+    ) -> bool:
         """Recover a running job whose lease expired, recording its run as ended.
 
         Returns:
@@ -659,7 +662,7 @@ class Store:
 
     def release(self, claim: Claim, now: datetime) -> bool:
         """Give back a claimed run that never started, so any process runs it now."""
-        jobs, runs = self.tables.jobs, self.tables.runs
+        runs = self.tables.runs
 
         def work() -> bool:
             with self.engine.begin() as conn:
@@ -695,4 +698,3 @@ def _server_now(dialect: str) -> ColumnElement[Any]:
     if dialect == "sqlite":
         return literal_column("strftime('%Y-%m-%d %H:%M:%f', 'now')")
     return func.current_timestamp()
-

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from ._errors import StoreError
@@ -145,10 +145,8 @@ class Poller:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
+            with suppress(Exception):  # timed out or cancelled: nothing to wait for
                 future.exception(timeout=remaining)
-            except Exception:  # noqa: BLE001, S110 - timed out or cancelled
-                pass
 
     def _release(self, claim: Claim) -> None:
         scheduler = self._scheduler
@@ -196,7 +194,9 @@ class Poller:
         next_event = scheduler.store.next_event(scheduler._registry.names())
         if next_event is None or next_event > now:
             logger.debug("nothing due; sleeping")
-            wait = interval if next_event is None else (next_event - now).total_seconds()
+            wait = (
+                interval if next_event is None else (next_event - now).total_seconds()
+            )
             return min(max(wait, 0.0), interval)
 
         scheduler._recover_expired(now)
