@@ -8,11 +8,14 @@ fake clock instead (see :mod:`jobsched.testing`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
+
+logger = logging.getLogger(__name__)
 
 # How often the database clock is read again; between reads, elapsed time is
 # measured with the local monotonic clock, which never jumps.
@@ -59,15 +62,28 @@ class DatabaseClock:
         self._lock = threading.Lock()
         self._base: datetime | None = None
         self._base_monotonic = 0.0
+        self._next_sync = 0.0
 
     def now(self) -> datetime:
-        """Return the database's current time as an aware UTC datetime."""
-        with self._lock:
-            elapsed = time.monotonic() - self._base_monotonic
-            if self._base is None or elapsed >= self._sync_interval:
-                self._base, self._base_monotonic = self._read_server()
-                elapsed = time.monotonic() - self._base_monotonic
+        """Return the database's current time as an aware UTC datetime.
 
+        Raises:
+            StoreError: The very first reading failed (later failures keep
+                counting from the last good reading and retry at the next sync).
+        """
+        with self._lock:
+            current = time.monotonic()
+            if self._base is None:
+                self._base, self._base_monotonic = self._read_server()
+                self._next_sync = self._base_monotonic + self._sync_interval
+            elif current >= self._next_sync:
+                self._next_sync = current + self._sync_interval
+                try:
+                    self._base, self._base_monotonic = self._read_server()
+                except Exception as error:  # the last reading holds
+                    logger.debug("database clock not read, keeping the last: %s", error)
+
+            elapsed = time.monotonic() - self._base_monotonic
             return self._base + timedelta(seconds=elapsed)
 
     def _read_server(self) -> tuple[datetime, float]:

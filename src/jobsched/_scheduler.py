@@ -137,6 +137,7 @@ class Scheduler:
         self._sync = Synchronizer(self.store, self.clock)
         self._leases = LeaseKeeper(self)
         self._poller: Poller | None = None
+        self._unwritten: dict[tuple[int, int], tuple[Claim, RunEnd, Decision]] = {}
 
     # -- registration ---------------------------------------------------------------
 
@@ -348,6 +349,7 @@ class Scheduler:
         results: list[RunResult] = []
         try:
             self._ensure_ready()
+            self._flush_unwritten()
             cutoff = self.clock.now()
             self._recover_expired(cutoff)
             while True:
@@ -355,7 +357,7 @@ class Scheduler:
                 if not claims:
                     break
                 with self._leases.keeping(claims):
-                    results.extend(self.run_claim(claim) for claim in claims)
+                    self._run_batch(claims, results)
         except StoreError as error:
             logger.warning(
                 "run_pending: database unavailable, will try again: %s",
@@ -363,6 +365,18 @@ class Scheduler:
                 extra={"jobsched": {"action": "poll_failed"}},
             )
         return results
+
+    def _run_batch(self, claims: list[Claim], results: list[RunResult]) -> None:
+        """Run claims in order; if one stops the process, give the rest back."""
+        started = 0
+        try:
+            for claim in claims:
+                started += 1
+                results.append(self.run_claim(claim))
+        except BaseException:
+            for unstarted in claims[started:]:
+                self.store.release(unstarted, self.clock.now())
+            raise
 
     def _claim(self, due_before: datetime, limit: int) -> list[Claim]:
         functions = self._registry.names()
@@ -427,13 +441,53 @@ class Scheduler:
             error_message=execution.error_message,
             traceback=execution.traceback,
         )
-        if not self.store.finish(claim, end, decision):
+        self._record(claim, end, decision)
+
+    def _record(self, claim: Claim, end: RunEnd, decision: Decision) -> None:
+        """Write a run's end; if the database is down, keep it and try later.
+
+        A result that cannot be written is kept in memory with its lease still
+        renewed, and written by the next poll that reaches the database, so a
+        run that happened is never recorded as abandoned merely because the
+        database was away when it ended.
+        """
+        try:
+            written = self.store.finish(claim, end, decision)
+        except StoreError as error:
+            logger.warning(
+                "job %r: could not record its run yet, will retry: %s",
+                claim.name,
+                error,
+                extra={"jobsched": {"action": "record_deferred", "job": claim.name}},
+            )
+            with self._lock:
+                self._unwritten[(claim.job_id, claim.version)] = (claim, end, decision)
+            self._leases.pin(claim)
+            return
+
+        if not written:
             logger.warning(
                 "job %r: lost its claim while running (lease expired and another "
                 "process recovered it); its result was not recorded",
                 claim.name,
                 extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
             )
+
+    def _flush_unwritten(self) -> None:
+        """Write the run results that an earlier database failure held back."""
+        with self._lock:
+            pending = list(self._unwritten.items())
+        for key, (claim, end, decision) in pending:
+            written = self.store.finish(claim, end, decision)  # StoreError: later
+            with self._lock:
+                self._unwritten.pop(key, None)
+            self._leases.unpin(claim)
+            if not written:
+                logger.warning(
+                    "job %r: lost its claim before its result could be written",
+                    claim.name,
+                    extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
+                )
 
     def _log_execution(self, claim: Claim, execution: Execution) -> None:
         extra = {

@@ -39,6 +39,9 @@ class LeaseKeeper:
     def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
         self._claims: dict[tuple[int, int], Claim] = {}
+        # Runs that ended but whose result is not written yet: their leases are
+        # kept until it is, whatever the code that ran them does.
+        self._pinned: dict[tuple[int, int], Claim] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -47,11 +50,25 @@ class LeaseKeeper:
         with self._lock:
             for claim in claims:
                 self._claims[(claim.job_id, claim.version)] = claim
-            if self._claims and self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="jobsched-leases", daemon=True
-                )
-                self._thread.start()
+            self._start_thread()
+
+    def pin(self, claim: Claim) -> None:
+        """Keep renewing ``claim``'s lease until :meth:`unpin`, even if discarded."""
+        with self._lock:
+            self._pinned[(claim.job_id, claim.version)] = claim
+            self._start_thread()
+
+    def unpin(self, claim: Claim) -> None:
+        """Undo :meth:`pin`."""
+        with self._lock:
+            self._pinned.pop((claim.job_id, claim.version), None)
+
+    def _start_thread(self) -> None:
+        if (self._claims or self._pinned) and self._thread is None:
+            self._thread = threading.Thread(
+                target=self._loop, name="jobsched-leases", daemon=True
+            )
+            self._thread.start()
 
     def discard(self, claim: Claim) -> None:
         """Stop renewing the lease of ``claim``."""
@@ -74,7 +91,7 @@ class LeaseKeeper:
         while True:
             time.sleep(period)
             with self._lock:
-                claims = list(self._claims.values())
+                claims = list({**self._claims, **self._pinned}.values())
                 if not claims:
                     self._thread = None
                     return
@@ -97,6 +114,7 @@ class LeaseKeeper:
                 extra={"jobsched": {"action": "lease_lost", "job": claim.name}},
             )
             self.discard(claim)
+            self.unpin(claim)
 
 
 class Poller:
@@ -189,6 +207,7 @@ class Poller:
         """Poll once; return how long to sleep before the next poll."""
         scheduler = self._scheduler
         scheduler._ensure_ready()
+        scheduler._flush_unwritten()
         now = scheduler.clock.now()
         interval = scheduler.poll_interval
         next_event = scheduler.store.next_event(scheduler._registry.names())
