@@ -76,6 +76,8 @@ class JobOptions:
             times are still run.
         overlap: What to do with fire times that pass during a run.
         max_attempts: How many times one fire time is tried (1 = no retries).
+        timeout: A run longer than this is recorded as timed out. ``None``
+            means no limit.
     """
 
     misfire: Misfire = Misfire.COALESCE
@@ -83,6 +85,7 @@ class JobOptions:
     catch_up_window: timedelta = timedelta(days=1)
     overlap: Overlap = Overlap.SKIP
     max_attempts: int = 1
+    timeout: timedelta | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the options as a JSON-able mapping."""
@@ -92,6 +95,7 @@ class JobOptions:
             "catch_up_window": self.catch_up_window.total_seconds(),
             "overlap": self.overlap.value,
             "max_attempts": self.max_attempts,
+            "timeout": None if self.timeout is None else self.timeout.total_seconds(),
         }
 
     @classmethod
@@ -100,6 +104,7 @@ class JobOptions:
         default = cls()
         grace = data.get("grace")
         window = data.get("catch_up_window")
+        timeout = data.get("timeout")
         return cls(
             misfire=Misfire(data.get("misfire", default.misfire.value)),
             grace=None if grace is None else timedelta(seconds=float(grace)),
@@ -110,6 +115,7 @@ class JobOptions:
             ),
             overlap=Overlap(data.get("overlap", default.overlap.value)),
             max_attempts=int(data.get("max_attempts", default.max_attempts)),
+            timeout=None if timeout is None else timedelta(seconds=float(timeout)),
         )
 
 

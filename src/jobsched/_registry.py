@@ -39,6 +39,8 @@ class JobSpec:
         retry_wait: A tenacity wait strategy giving the delay before each retry.
         retry_on: Exception types that are retried; others fail at once.
         paused: Whether a newly created row starts paused.
+        executor: ``"thread"`` (in the scheduler's own threads) or
+            ``"process"`` (a child process, killed at the timeout).
     """
 
     name: str
@@ -50,6 +52,11 @@ class JobSpec:
     retry_wait: Any = None
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     paused: bool = False
+    executor: str = "thread"
+
+
+#: The ways a job's function can be run.
+EXECUTORS = ("thread", "process")
 
 
 def default_name(func: Callable[..., Any]) -> str:
@@ -173,6 +180,8 @@ def build_spec(
     retry_wait: Any = None,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     paused: bool = False,
+    timeout: float | timedelta | None = None,
+    executor: str = "thread",
 ) -> JobSpec:
     """Validate a registration and build its :class:`JobSpec`.
 
@@ -216,9 +225,17 @@ def build_spec(
             ),
             overlap=Overlap(overlap),
             max_attempts=max_attempts,
+            timeout=as_delta(timeout, "timeout"),
         )
     except ValueError as error:
         raise JobDefinitionError(str(error)) from error
+
+    if executor not in EXECUTORS:
+        raise JobDefinitionError(
+            f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}"
+        )
+    if job_options.timeout is not None and job_options.timeout <= timedelta(0):
+        raise JobDefinitionError(f"timeout must be positive, got {timeout!r}")
 
     retry_on = tuple(retry_on)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
@@ -236,6 +253,7 @@ def build_spec(
         retry_wait=retry_wait,
         retry_on=retry_on,
         paused=paused,
+        executor=executor,
     )
 
 

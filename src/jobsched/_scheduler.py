@@ -44,7 +44,12 @@ from ._registry import (
     default_name,
     encode_args,
 )
-from ._runner import Execution, execute
+from ._runner import (
+    Execution,
+    execute,
+    execute_in_process,
+    execute_with_timeout,
+)
 from ._store import Claim, Decision, JobRow, RunEnd, Store
 from ._sync import Synchronizer
 from ._tables import DEFAULT_PREFIX, check_schema_version, define_tables
@@ -170,6 +175,8 @@ class Scheduler:
         retry_wait: Any = None,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         paused: bool = False,
+        timeout: float | timedelta | None = None,
+        executor: str = "thread",
     ) -> Callable[[F], F]: ...
 
     def job(self, func: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
@@ -189,8 +196,9 @@ class Scheduler:
                 (``"coalesce"`` or ``"catch_up"``), ``grace``,
                 ``catch_up_window``, ``overlap`` (``"skip"`` or ``"queue"``),
                 ``max_attempts``, ``retry_wait`` (a tenacity wait strategy),
-                ``retry_on`` (exception types) and ``paused``. The user guide
-                describes each.
+                ``retry_on`` (exception types), ``paused``, ``timeout``
+                (seconds) and ``executor`` (``"thread"`` or ``"process"``).
+                The user guide describes each.
 
         Returns:
             The function itself, unchanged, or a decorator that registers it.
@@ -406,7 +414,7 @@ class Scheduler:
             )
 
         args, kwargs = decode_args(claim.args)
-        execution = execute(spec.func, args, kwargs)
+        execution = self._execute(spec, args, kwargs)
         self._log_execution(claim, execution)
         self._finish(claim, spec, execution)
         result = RunResult(
@@ -421,6 +429,17 @@ class Scheduler:
         if execution.must_propagate and execution.error is not None:
             raise execution.error
         return result
+
+    def _execute(
+        self, spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Execution:
+        timeout = spec.options.timeout
+        seconds = None if timeout is None else timeout.total_seconds()
+        if spec.executor == "process":
+            return execute_in_process(spec.func, args, kwargs, seconds)
+        if seconds is not None:
+            return execute_with_timeout(spec.func, args, kwargs, seconds)
+        return execute(spec.func, args, kwargs)
 
     def _finish(self, claim: Claim, spec: JobSpec, execution: Execution) -> None:
         now = self.clock.now()
