@@ -536,6 +536,8 @@ class Scheduler:
     def _recover_expired(self, now: datetime) -> None:
         """Recover running jobs whose owner stopped renewing the lease."""
         for row in self.store.expired(self._registry.names(), now):
+            if row.owner == self.owner:
+                continue  # our own run, alive: its lease keeper is late, not dead
             self.recover(row, now)
 
     def recover(self, row: JobRow, now: datetime) -> None:

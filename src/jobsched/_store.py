@@ -253,8 +253,8 @@ class Store:
         """Return the earliest time at which this process has work.
 
         That is the earliest next run time of a scheduled job among
-        ``functions``, or the earliest lease expiry of any running job, in one
-        indexed query.
+        ``functions``, or the earliest lease expiry of a running one, in one
+        query that the due and lease indexes answer.
         """
         if not functions:
             return None
@@ -269,6 +269,7 @@ class Store:
         lease = (
             select(func.min(jobs.c.lease_until))
             .where(jobs.c.status == JobState.RUNNING.value)
+            .where(jobs.c.function.in_(sorted(functions)))
             .scalar_subquery()
         )
 
