@@ -93,11 +93,9 @@ class Admin:
         jobs = self.jobs
         statement = update(jobs).where(jobs.c.name == name, condition).values(**values)
 
-        def work() -> bool:
-            with self.store.engine.begin() as conn:
-                return conn.execute(statement).rowcount == 1
-
-        return self.store.run(work, f"changing job {name!r}")
+        return self.store.run(
+            lambda: self.store.change(statement), f"changing job {name!r}"
+        )
 
     def pause(self, name: str, now: datetime) -> None:
         """Pause a job: at once if it waits, when its run ends if it runs.

@@ -43,6 +43,7 @@ from tenacity import (
 
 from ._errors import StoreError
 from ._models import JobState, RunOutcome
+from ._notify import channel_name
 from ._tables import Tables, create_tables
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class Store:
     def __init__(self, engine: Engine, tables: Tables) -> None:
         self.engine = engine
         self.tables = tables
+        self.channel = channel_name(tables.prefix)
         self._dialect = engine.dialect.name
         self._retrying = Retrying(
             retry=retry_if_exception(is_transient),
@@ -208,6 +210,11 @@ class Store:
         if moment.tzinfo is None:
             return moment.replace(tzinfo=timezone.utc)
         return moment.astimezone(timezone.utc)
+
+    def _notify(self, conn: Connection) -> None:
+        """Wake the listening pollers when this transaction commits (PostgreSQL)."""
+        if self._dialect == "postgresql":
+            conn.execute(select(func.pg_notify(self.channel, "")))
 
     def _lock_candidates(self) -> bool:
         """Tell whether the engine can skip rows that other claimers locked."""
@@ -305,6 +312,7 @@ class Store:
             with self.engine.connect() as conn:
                 try:
                     conn.execute(insert(jobs).values(row))
+                    self._notify(conn)
                     conn.commit()
                 except exc.IntegrityError:
                     conn.rollback()
@@ -326,11 +334,19 @@ class Store:
             .values(**values, version=jobs.c.version + 1, updated_at=now)
         )
 
-        def work() -> bool:
-            with self.engine.begin() as conn:
-                return conn.execute(statement).rowcount == 1
+        return self.run(lambda: self.change(statement), f"updating job {row.name!r}")
 
-        return self.run(work, f"updating job {row.name!r}")
+    def change(self, statement: Any) -> bool:
+        """Run one fenced ``UPDATE``; tell the pollers if it changed a row.
+
+        Returns:
+            Whether exactly one row was changed.
+        """
+        with self.engine.begin() as conn:
+            changed = conn.execute(statement).rowcount == 1
+            if changed:
+                self._notify(conn)
+        return changed
 
     # -- claiming -------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ _Key = BigInteger().with_variant(Integer(), "sqlite")
 class Tables:
     """The bound :class:`~sqlalchemy.Table` objects for one prefix."""
 
+    prefix: str
     metadata: MetaData
     jobs: Table
     runs: Table
@@ -175,7 +176,7 @@ def define_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("key", String(64), primary_key=True),
         Column("value", String(255), nullable=False),
     )
-    return Tables(metadata=metadata, jobs=jobs, runs=runs, meta=meta)
+    return Tables(prefix=prefix, metadata=metadata, jobs=jobs, runs=runs, meta=meta)
 
 
 def create_tables(engine: Engine, tables: Tables) -> None:

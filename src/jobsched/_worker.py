@@ -17,6 +17,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from ._errors import StoreError
+from ._notify import Listener, can_listen
 from ._store import Claim
 
 if TYPE_CHECKING:
@@ -132,10 +133,17 @@ class Poller:
         self._thread = threading.Thread(
             target=self._loop, name="jobsched-poller", daemon=True
         )
+        self._listener: Listener | None = None
+        if can_listen(scheduler.engine):
+            self._listener = Listener(
+                scheduler.engine, scheduler.store.channel, self.wake
+            )
 
     def start(self) -> None:
-        """Start the polling thread."""
+        """Start the polling thread (and the listener, on PostgreSQL)."""
         self._thread.start()
+        if self._listener is not None:
+            self._listener.start()
 
     def is_alive(self) -> bool:
         """Whether the polling thread runs."""
@@ -150,6 +158,8 @@ class Poller:
         deadline = time.monotonic() + timeout
         self._stopping.set()
         self._wake.set()
+        if self._listener is not None:
+            self._listener.stop()
         self._thread.join(max(deadline - time.monotonic(), 0))
 
         self._pool.shutdown(wait=False, cancel_futures=True)
