@@ -19,10 +19,12 @@ from ._models import JobOptions, JobState, RunOutcome
 from ._policy import Plan, plan_after_run, plan_due, retry_delay
 from ._registry import JobSpec, decode_args
 from ._store import Decision, JobRow
-from ._triggers import OnceTrigger, Trigger, trigger_from_spec
+from ._triggers import IntervalTrigger, OnceTrigger, Trigger, trigger_from_spec
 
 logger = logging.getLogger(__name__)
 
+# Arguments are not needed to decide a job's next state.
+_NO_ARGS = '{"args":[],"kwargs":{}}'
 # Delay before retry n when a job sets max_attempts but no retry_wait: 1 s, 2 s,
 # 4 s ... capped at five minutes.
 DEFAULT_RETRY_WAIT = wait_exponential(multiplier=1, min=1, max=300)
@@ -106,13 +108,13 @@ def decide_claim(row: JobRow, now: datetime) -> Decision:
     if plan.run_for is None:
         return Decision(
             status=_no_more_fires(plan, parsed.trigger),
-            next_run_at=plan.next_fire,
+            next_run_at=with_jitter(parsed.trigger, row.name, plan.next_fire),
             **missed,  # type: ignore[arg-type]
         )
 
     return Decision(
         status=JobState.RUNNING,
-        next_run_at=plan.next_fire,
+        next_run_at=with_jitter(parsed.trigger, row.name, plan.next_fire),
         run_for=plan.run_for,
         attempt=1,
         scheduled_for=plan.run_for,
@@ -120,16 +122,41 @@ def decide_claim(row: JobRow, now: datetime) -> Decision:
     )
 
 
-def decide_end(
-    spec: JobSpec | None,
-    trigger_text: str,
-    options_text: str,
-    ran_for: datetime,
-    attempt: int,
-    outcome: RunOutcome,
-    error: BaseException | None,
-    now: datetime,
-) -> Decision:
+@dataclass(frozen=True)
+class Ended:
+    """A run that has ended, as the next-state decision needs it.
+
+    Attributes:
+        name: The job's name.
+        trigger_text: Its stored trigger.
+        options_text: Its stored options.
+        ran_for: The fire time of the run.
+        attempt: The run's attempt number.
+        outcome: How it ended.
+        error: What it raised, if anything.
+    """
+
+    name: str
+    trigger_text: str
+    options_text: str
+    ran_for: datetime
+    attempt: int
+    outcome: RunOutcome
+    error: BaseException | None = None
+
+
+def with_jitter(trigger: Trigger, name: str, fire: datetime | None) -> datetime | None:
+    """Delay a fire time by the trigger's jitter for this job, if it has one.
+
+    The delay is a pure function of the job's name and the fire time, so every
+    process computes the same run time.
+    """
+    if fire is None or not isinstance(trigger, IntervalTrigger):
+        return fire
+    return fire + trigger.jitter_for(name, fire)
+
+
+def decide_end(spec: JobSpec | None, ended: Ended, now: datetime) -> Decision:
     """Decide a job's next state once a run of it has ended.
 
     A failed run (including one abandoned by a lost process or timed out) is
@@ -140,40 +167,37 @@ def decide_end(
     Args:
         spec: The job as registered here, or ``None`` when this process does not
             know it (then it is not retried).
-        trigger_text: The stored trigger.
-        options_text: The stored options.
-        ran_for: The fire time of the run.
-        attempt: The run's attempt number.
-        outcome: How it ended.
-        error: What it raised, if anything.
+        ended: The run that ended.
         now: The current time.
 
     Returns:
         The job's next state.
     """
-    parsed = parse_row(trigger_text, options_text, '{"args":[],"kwargs":{}}')
-    failed = outcome is not RunOutcome.SUCCEEDED
+    parsed = parse_row(ended.trigger_text, ended.options_text, _NO_ARGS)
+    failed = ended.outcome is not RunOutcome.SUCCEEDED
+    error = ended.error
     summary = None
     if failed:
-        summary = f"{outcome.value}: {error!r}" if error is not None else outcome.value
+        summary = ended.outcome.value + (f": {error!r}" if error is not None else "")
 
-    if failed and attempt < parsed.options.max_attempts and _retryable(spec, error):
+    attempts_left = ended.attempt < parsed.options.max_attempts
+    if failed and attempts_left and _retryable(spec, error):
         wait = (spec.retry_wait if spec else None) or DEFAULT_RETRY_WAIT
         return Decision(
             status=JobState.SCHEDULED,
-            next_run_at=now + retry_delay(attempt, wait),
-            attempt=attempt,
-            scheduled_for=ran_for,
+            next_run_at=now + retry_delay(ended.attempt, wait),
+            attempt=ended.attempt,
+            scheduled_for=ended.ran_for,
             error=summary,
         )
 
-    plan = plan_after_run(parsed.trigger, ran_for, now, parsed.options)
+    plan = plan_after_run(parsed.trigger, ended.ran_for, now, parsed.options)
     status = JobState.SCHEDULED
     if plan.next_fire is None:
         status = JobState.FAILED if failed else JobState.DONE
     return Decision(
         status=status,
-        next_run_at=plan.next_fire,
+        next_run_at=with_jitter(parsed.trigger, ended.name, plan.next_fire),
         missed=tuple(plan.missed),
         missed_total=plan.missed_total,
         reason=plan.reason,

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from ._admin import DEFAULT_PAGE_SIZE, Admin, check_page_size, job_info
 from ._clock import Clock, DatabaseClock
-from ._decide import decide_claim, decide_end, parse_row
+from ._decide import Ended, decide_claim, decide_end, parse_row, with_jitter
 from ._errors import (
     JobDefinitionError,
     JobNotFound,
@@ -443,16 +443,16 @@ class Scheduler:
 
     def _finish(self, claim: Claim, spec: JobSpec, execution: Execution) -> None:
         now = self.clock.now()
-        decision = decide_end(
-            spec,
+        ended = Ended(
+            claim.name,
             claim.trigger,
             claim.options,
             claim.scheduled_for,
             claim.attempt,
             execution.outcome,
             execution.error,
-            now,
         )
+        decision = decide_end(spec, ended, now)
         end = RunEnd(
             outcome=execution.outcome,
             finished_at=now,
@@ -544,16 +544,15 @@ class Scheduler:
         """Record a dead owner's run as abandoned and move its job on."""
         try:
             parse_row(row.trigger, row.options, row.args)
-            decision = decide_end(
-                self._registry.get(row.function),
+            ended = Ended(
+                row.name,
                 row.trigger,
                 row.options,
                 row.scheduled_for or now,
                 row.attempt,
                 RunOutcome.ABANDONED,
-                None,
-                now,
             )
+            decision = decide_end(self._registry.get(row.function), ended, now)
         except ValueError as error:
             decision = Decision(
                 status=JobState.BROKEN, next_run_at=None, error=f"cannot run: {error}"
@@ -666,7 +665,8 @@ class Scheduler:
         trigger = parse_row(row.trigger, row.options, row.args).trigger
         now = self.clock.now()
         first = row.next_run_at if isinstance(trigger, OnceTrigger) else None
-        self._admin.resume(name, now, first or trigger.next_after(now))
+        later = with_jitter(trigger, name, trigger.next_after(now))
+        self._admin.resume(name, now, first or later)
         self._after_change()
 
     def run_now(self, name: str) -> None:

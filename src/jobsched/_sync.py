@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from ._clock import Clock
+from ._decide import with_jitter
 from ._models import JobOptions, JobState
 from ._registry import JobSpec, encode_args
 from ._store import JobRow, Store
@@ -64,11 +66,11 @@ class Synchronizer:
         self.store = store
         self.clock = clock
 
-    def first_fire(self, trigger: Trigger) -> Any:
+    def first_fire(self, trigger: Trigger, name: str) -> datetime | None:
         """Return a new row's first run time: a one-off's own time, even if past."""
         if isinstance(trigger, OnceTrigger):
             return trigger.at
-        return trigger.next_after(self.clock.now())
+        return with_jitter(trigger, name, trigger.next_after(self.clock.now()))
 
     def resolve(self, trigger: Trigger) -> Trigger:
         """Anchor an interval registered without a start at the current time."""
@@ -86,7 +88,7 @@ class Synchronizer:
         paused: bool = False,
     ) -> dict[str, Any]:
         """Return the columns of a new job row."""
-        first = self.first_fire(trigger)
+        first = self.first_fire(trigger, name)
         status = JobState.SCHEDULED if first is not None else JobState.DONE
         if paused:
             status = JobState.PAUSED
@@ -150,7 +152,7 @@ class Synchronizer:
         if row.status is JobState.RUNNING:
             return values  # the run in progress moves it on with the new schedule
 
-        first = self.first_fire(resolved)
+        first = self.first_fire(resolved, spec.name)
         values.update(next_run_at=first, scheduled_for=None, attempt=0)
         if row.status is not JobState.PAUSED:
             ended = first is None
