@@ -2,7 +2,9 @@
 
 Run it from the project's root:
 
-    python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python examples/quickstart.py
+    python3 -m venv .venv
+    .venv/bin/pip install -e .
+    .venv/bin/python examples/quickstart.py
 
 It needs no server. The database is ``quickstart.db`` in a new temporary
 directory; pass a SQLAlchemy URL as the only argument to use another one, for
@@ -21,7 +23,7 @@ from sqlalchemy import create_engine
 
 from jobsched import Scheduler
 
-RUN_FOR = 7.0  # seconds of polling before the history is printed
+RUN_FOR = 6.0  # seconds of polling before the history is printed
 
 
 def database_url() -> str:
@@ -50,7 +52,7 @@ def main() -> None:
     # No schedule: this job runs only when it is enqueued, with JSON arguments.
     @scheduler.job(name="quickstart.greet")
     def greet(who: str, times: int = 1) -> None:
-        print(f"  hello, {who}! " * times)
+        print("  " + " ".join([f"hello, {who}!"] * times))
 
     in_two_seconds = datetime.now(timezone.utc) + timedelta(seconds=2)
     one_off = scheduler.enqueue(

@@ -31,9 +31,10 @@ hours, minutes and seconds of each date, and mapping each wall time to UTC with
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import MAXYEAR, date, datetime, time, timedelta, timezone
 from typing import Final, NamedTuple
@@ -43,8 +44,10 @@ from ._errors import InvalidTrigger
 
 _SECONDS_PER_MINUTE: Final = 60
 _SECONDS_PER_HOUR: Final = 3600
+_SECONDS_PER_DAY: Final = 86_400
+#: Local dates whose UTC offsets are remembered, per process.
+_DAY_CACHE_SIZE: Final = 4096
 _ONE_DAY: Final = timedelta(days=1)
-_HALF_DAY: Final = timedelta(hours=12)
 _ONE_SECOND: Final = timedelta(seconds=1)
 _ZERO: Final = timedelta(0)
 _UTC: Final = timezone.utc
@@ -188,10 +191,10 @@ class CronSchedule:
         first_day = max(local.date(), date.min + _ONE_DAY) - _ONE_DAY
         best: datetime | None = None
         for day in self._days_from(first_day):
-            day_start = datetime.combine(day, time())
-            if best is not None and _earliest_utc(day_start, zone) >= best:
+            clock = _day_clock(zone, day)
+            if best is not None and clock.earliest >= best:
                 break
-            found = self._first_on_day(day_start, after, zone)
+            found = self._first_on_day(clock, after)
             if found is not None and (best is None or found < best):
                 best = found
         return best
@@ -203,53 +206,80 @@ class CronSchedule:
             for month in self.months:
                 if (year, month) < (first.year, first.month):
                     continue
+                from_day = (
+                    first.day if (year, month) == (first.year, first.month) else 1
+                )
                 month_length = calendar.monthrange(year, month)[1]
-                for number in self._candidate_days(month_length):
+                for number in self._candidate_days(from_day, month_length):
                     day = date(year, month, number)
-                    if day >= first and self.matches_day(day):
+                    if self.matches_day(day):
                         yield day
 
-    def _candidate_days(self, month_length: int) -> Iterator[int]:
-        """Yield the day numbers of a month worth testing with :meth:`matches_day`."""
+    def _candidate_days(self, first: int, month_length: int) -> Iterable[int]:
+        """Return the day numbers from ``first`` worth testing in a month."""
         if self.dom_star or self.dow_star:
             # Both fields must match, so only the listed days can.
-            yield from (day for day in self.days if day <= month_length)
-        else:
-            yield from range(1, month_length + 1)
+            listed = self.days[bisect_left(self.days, first) :]
+            return [day for day in listed if day <= month_length]
+        return range(first, month_length + 1)
 
-    def _first_on_day(
-        self, day_start: datetime, after: datetime, zone: ZoneInfo
-    ) -> datetime | None:
+    def _first_on_day(self, clock: _DayClock, after: datetime) -> datetime | None:
         """Return the earliest fire time after ``after`` among one date's times.
 
         Args:
-            day_start: Local midnight (naive wall time) of the date.
+            clock: The UTC offsets in force on the date.
             after: The naive UTC instant that fire times must follow.
-            zone: The schedule's time zone.
 
         Returns:
             The naive UTC fire time, or ``None`` if the date has none after
             ``after``.
         """
-        low_offset, high_offset = _offset_bounds(day_start, zone)
-        # A wall time W fires no later than W - low_offset, so only wall times
-        # after this threshold can fire after ``after``.
-        threshold = after + low_offset
-        if threshold >= day_start + _ONE_DAY:
+        if after >= clock.latest:
             return None
-        first_second = 0
-        if threshold >= day_start:
-            first_second = (threshold - day_start).seconds + 1
         best: datetime | None = None
-        for second_of_day in self._times_from(first_second):
-            wall = day_start + timedelta(seconds=second_of_day)
-            # A wall time W fires no earlier than W - high_offset.
-            if best is not None and wall - high_offset >= best:
-                break
-            for fire in _fire_times(wall, zone, fixed_time=self.fixed_time):
-                if fire > after and (best is None or fire < best):
-                    best = fire
+        for low, high, offset in clock.pieces(fixed_time=self.fixed_time):
+            # Wall time W fires at W - offset, which must be later than ``after``.
+            wall = self._first_wall(clock.start, low, high, after + offset)
+            if wall is not None and (best is None or wall - offset < best):
+                best = wall - offset
+        gap = clock.gap()
+        if (
+            self.fixed_time
+            and gap is not None
+            and clock.transition is not None
+            and clock.transition > after
+            and (best is None or clock.transition < best)
+            and self._first_wall(clock.start, *gap) is not None
+        ):
+            best = clock.transition
         return best
+
+    def _first_wall(
+        self,
+        start: datetime,
+        low: datetime,
+        high: datetime,
+        floor: datetime | None = None,
+    ) -> datetime | None:
+        """Return the first allowed wall time in ``[low, high)`` after ``floor``.
+
+        Args:
+            start: Local midnight of the date searched; only its times count.
+            low: The earliest wall time wanted.
+            high: The wall time that results must precede.
+            floor: If given, results must be strictly later than it.
+
+        Returns:
+            The naive wall time, or ``None`` if there is none.
+        """
+        first = max(0, (low - start) // _ONE_SECOND)
+        if floor is not None:
+            first = max(first, (floor - start) // _ONE_SECOND + 1)
+        end = min(_SECONDS_PER_DAY, (high - start) // _ONE_SECOND)
+        if first >= end:
+            return None
+        found = next(self._times_from(first), end)
+        return start + timedelta(seconds=found) if found < end else None
 
     def _times_from(self, first: int) -> Iterator[int]:
         """Yield allowed times of day, in seconds after midnight, from ``first``."""
@@ -268,53 +298,84 @@ class CronSchedule:
                     yield base + second
 
 
+@dataclass(frozen=True, slots=True)
+class _DayClock:
+    """How one local date's wall times map to UTC.
+
+    It assumes at most one change of UTC offset touches a date's wall times,
+    which holds for every zone in the tz database since 1970.
+
+    Attributes:
+        start: Local midnight, as a naive wall time.
+        offset_before: UTC offset when the date begins.
+        offset_after: UTC offset when it ends.
+        transition: The naive UTC instant at which the offset changes, or
+            ``None`` when it does not.
+    """
+
+    start: datetime
+    offset_before: timedelta
+    offset_after: timedelta
+    transition: datetime | None
+
+    @property
+    def earliest(self) -> datetime:
+        """A UTC instant no later than any fire time on or after this date."""
+        return self.start - max(self.offset_before, self.offset_after)
+
+    @property
+    def latest(self) -> datetime:
+        """A UTC instant later than every fire time of this date's wall times."""
+        return self.start + _ONE_DAY - min(self.offset_before, self.offset_after)
+
+    def pieces(self, *, fixed_time: bool) -> list[tuple[datetime, datetime, timedelta]]:
+        """Return ``(low, high, offset)`` for each run of wall times that fire.
+
+        Wall times in ``[low, high)`` exist once with ``offset``. A repeated
+        wall time appears in both pieces of a fall-back day, except for
+        fixed-time schedules, which keep only its first occurrence. Wall times
+        in a spring-forward gap appear in no piece.
+        """
+        end = self.start + _ONE_DAY
+        if self.transition is None:
+            return [(self.start, end, self.offset_before)]
+        before, after = self.offset_before, self.offset_after
+        resume = self.transition + (before if fixed_time else after)
+        if after > before:  # spring-forward: the wall clock jumps ahead
+            resume = self.transition + after
+        return [
+            (self.start, self.transition + before, before),
+            (resume, end, after),
+        ]
+
+    def gap(self) -> tuple[datetime, datetime] | None:
+        """Return the wall times skipped by a spring-forward change, if any."""
+        if self.transition is None or self.offset_after <= self.offset_before:
+            return None
+        return (
+            self.transition + self.offset_before,
+            self.transition + self.offset_after,
+        )
+
+
+@functools.lru_cache(maxsize=_DAY_CACHE_SIZE)
+def _day_clock(zone: ZoneInfo, day: date) -> _DayClock:
+    """Return the UTC offsets of one local date in ``zone`` (cached)."""
+    start = datetime.combine(day, time())
+    before = _offset(start, zone, fold=0)
+    after = _offset(start + _ONE_DAY, zone, fold=1)
+    if before == after:
+        return _DayClock(start, before, after, None)
+    # Any change that touches this date's wall times lies strictly inside:
+    low = start - max(before, after) - _ONE_SECOND
+    high = start + _ONE_DAY - min(before, after) + _ONE_SECOND
+    return _DayClock(start, before, after, _transition(low, high, zone))
+
+
 def _offset(wall: datetime, zone: ZoneInfo, fold: int) -> timedelta:
     """Return the UTC offset of a naive wall time in ``zone`` for ``fold``."""
     offset = wall.replace(tzinfo=zone, fold=fold).utcoffset()
     return _ZERO if offset is None else offset
-
-
-def _offset_bounds(day_start: datetime, zone: ZoneInfo) -> tuple[timedelta, timedelta]:
-    """Return the smallest and largest UTC offsets in force on a local date."""
-    samples = [
-        _offset(wall, zone, fold)
-        for wall in (day_start, day_start + _HALF_DAY, day_start + _ONE_DAY)
-        for fold in (0, 1)
-    ]
-    return min(samples), max(samples)
-
-
-def _earliest_utc(day_start: datetime, zone: ZoneInfo) -> datetime:
-    """Return a UTC instant no later than any fire time on or after this date."""
-    return day_start - max(_offset(day_start, zone, 0), _offset(day_start, zone, 1))
-
-
-def _fire_times(
-    wall: datetime, zone: ZoneInfo, *, fixed_time: bool
-) -> tuple[datetime, ...]:
-    """Return the naive UTC instants at which a matching wall time fires.
-
-    Args:
-        wall: A naive local wall time that matches the schedule's fields.
-        zone: The schedule's time zone.
-        fixed_time: Whether the schedule is fixed-time in Vixie cron's sense.
-
-    Returns:
-        One instant for an ordinary wall time; for a repeated wall time both
-        occurrences, or only the first for a fixed-time schedule; for a wall
-        time inside a gap nothing, or the end of the gap for a fixed-time
-        schedule.
-    """
-    offset_first = _offset(wall, zone, 0)
-    offset_second = _offset(wall, zone, 1)
-    first = wall - offset_first
-    if offset_first == offset_second:
-        return (first,)
-    second = wall - offset_second
-    if offset_first > offset_second:  # fall-back: ``first`` precedes ``second``
-        return (first,) if fixed_time else (first, second)
-    # Spring-forward gap: ``second`` lies before the transition, ``first`` after.
-    return (_transition(second, first, zone),) if fixed_time else ()
 
 
 def _transition(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:

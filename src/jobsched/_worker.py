@@ -108,6 +108,11 @@ class LeaseKeeper:
             return
 
         for claim in lost:
+            key = (claim.job_id, claim.version)
+            with self._lock:
+                held = key in self._claims or key in self._pinned
+            if not held:
+                continue  # it ended (and its row moved on) while we renewed
             logger.warning(
                 "job %r: lease lost to another process; this run's result will "
                 "not be recorded",
