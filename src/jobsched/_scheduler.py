@@ -470,6 +470,8 @@ class Scheduler:
         run that happened is never recorded as abandoned merely because the
         database was away when it ended.
         """
+        # Renewing past this point would only race the write that ends the run.
+        self._leases.discard(claim)
         try:
             written = self.store.finish(claim, end, decision)
         except StoreError as error:
