@@ -14,25 +14,21 @@ from typing import Any, TypeVar, overload
 
 from sqlalchemy import Engine
 
-from ._admin import DEFAULT_PAGE_SIZE, Admin, check_page_size, job_info
+from ._admin import Admin
 from ._clock import Clock, DatabaseClock
-from ._decide import Ended, decide_claim, decide_end, parse_row, with_jitter
 from ._errors import (
     JobDefinitionError,
     JobNotFound,
     SchedulerStateError,
-    StoreError,
 )
+from ._events import (
+    EventBus,
+)
+from ._manage import ManagementMixin
 from ._models import (
-    JobInfo,
     JobOptions,
-    JobState,
     Misfire,
     Overlap,
-    Page,
-    RunInfo,
-    RunOutcome,
-    RunResult,
 )
 from ._registry import (
     JobSpec,
@@ -40,23 +36,16 @@ from ._registry import (
     as_delta,
     build_spec,
     check_name,
-    decode_args,
     default_name,
     encode_args,
 )
-from ._runner import (
-    Execution,
-    execute,
-    execute_in_process,
-    execute_with_timeout,
-)
-from ._store import Claim, Decision, JobRow, RunEnd, Store
+from ._running import RunningMixin
+from ._store import Claim, Decision, RunEnd, Store
 from ._sync import Synchronizer
 from ._tables import DEFAULT_PREFIX, check_schema_version, define_tables
 from ._triggers import (
     OnceTrigger,
     Trigger,
-    preview,
 )
 from ._worker import LeaseKeeper, Poller
 
@@ -81,7 +70,7 @@ def _owner_token() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-class Scheduler:
+class Scheduler(RunningMixin, ManagementMixin):
     """Runs registered jobs from one jobs table that many processes share.
 
     Every process of an application creates its own ``Scheduler`` on the shared
@@ -143,6 +132,7 @@ class Scheduler:
         self._leases = LeaseKeeper(self)
         self._poller: Poller | None = None
         self._unwritten: dict[tuple[int, int], tuple[Claim, RunEnd, Decision]] = {}
+        self._events = EventBus()
 
     # -- registration ---------------------------------------------------------------
 
@@ -334,243 +324,6 @@ class Scheduler:
         if poller is not None:
             poller.wake()
 
-    # -- running -----------------------------------------------------------------
-
-    def run_pending(self) -> list[RunResult]:
-        """Run every job of this process that is due now, in the calling thread.
-
-        Call it from a loop the application already has. Each call claims the
-        jobs due at the moment of the call (never a job that this process has not
-        registered), runs them one after another, records every run, and returns.
-        Fire times that passed while nobody was polling are handled by each job's
-        misfire policy: by default they coalesce into one run, and each one not
-        run is recorded as missed. A job that raises is recorded as failed; the
-        exception does not propagate (except ``KeyboardInterrupt`` and
-        ``SystemExit``, which are recorded first and then re-raised).
-
-        A database that stays unreachable through the retries is logged and the
-        call returns what it ran so far; the next call tries again.
-
-        Returns:
-            What ran, in the order it ran.
-        """
-        results: list[RunResult] = []
-        try:
-            self._ensure_ready()
-            self._flush_unwritten()
-            cutoff = self.clock.now()
-            self._recover_expired(cutoff)
-            while True:
-                claims = self._claim(cutoff, self.batch_size)
-                if not claims:
-                    break
-                with self._leases.keeping(claims):
-                    self._run_batch(claims, results)
-        except StoreError as error:
-            logger.warning(
-                "run_pending: database unavailable, will try again: %s",
-                error,
-                extra={"jobsched": {"action": "poll_failed"}},
-            )
-        return results
-
-    def _run_batch(self, claims: list[Claim], results: list[RunResult]) -> None:
-        """Run claims in order; if one stops the process, give the rest back."""
-        started = 0
-        try:
-            for claim in claims:
-                started += 1
-                results.append(self.run_claim(claim))
-        except BaseException:
-            for unstarted in claims[started:]:
-                self.store.release(unstarted, self.clock.now())
-            raise
-
-    def _claim(self, due_before: datetime, limit: int) -> list[Claim]:
-        functions = self._registry.names()
-        return self.store.claim_due(
-            functions,
-            self.owner,
-            due_before,
-            self.lease,
-            limit,
-            lambda row: decide_claim(row, due_before),
-        )
-
-    def run_claim(self, claim: Claim) -> RunResult:
-        """Run one claimed job and record how it ended (used by the workers)."""
-        spec = self._registry.get(claim.function)
-        logger.info(
-            "running job %r (fire time %s, attempt %d)",
-            claim.name,
-            claim.scheduled_for.isoformat(),
-            claim.attempt,
-            extra={"jobsched": {"action": "run_started", "job": claim.name}},
-        )
-        if spec is None:  # unregistered since the claim: give it back
-            self.store.release(claim, self.clock.now())
-            return RunResult(
-                claim.name, 0, claim.scheduled_for, claim.attempt, RunOutcome.ABANDONED
-            )
-
-        args, kwargs = decode_args(claim.args)
-        execution = self._execute(spec, args, kwargs)
-        self._log_execution(claim, execution)
-        self._finish(claim, spec, execution)
-        result = RunResult(
-            job=claim.name,
-            run_id=0,
-            scheduled_for=claim.scheduled_for,
-            attempt=claim.attempt,
-            outcome=execution.outcome,
-            error=execution.error,
-            duration=execution.duration,
-        )
-        if execution.must_propagate and execution.error is not None:
-            raise execution.error
-        return result
-
-    def _execute(
-        self, spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Execution:
-        timeout = spec.options.timeout
-        seconds = None if timeout is None else timeout.total_seconds()
-        if spec.executor == "process":
-            return execute_in_process(spec.func, args, kwargs, seconds)
-        if seconds is not None:
-            return execute_with_timeout(spec.func, args, kwargs, seconds)
-        return execute(spec.func, args, kwargs)
-
-    def _finish(self, claim: Claim, spec: JobSpec, execution: Execution) -> None:
-        now = self.clock.now()
-        ended = Ended(
-            claim.name,
-            claim.trigger,
-            claim.options,
-            claim.scheduled_for,
-            claim.attempt,
-            execution.outcome,
-            execution.error,
-        )
-        decision = decide_end(spec, ended, now)
-        end = RunEnd(
-            outcome=execution.outcome,
-            finished_at=now,
-            error_type=execution.error_type,
-            error_message=execution.error_message,
-            traceback=execution.traceback,
-        )
-        self._record(claim, end, decision)
-
-    def _record(self, claim: Claim, end: RunEnd, decision: Decision) -> None:
-        """Write a run's end; if the database is down, keep it and try later.
-
-        A result that cannot be written is kept in memory with its lease still
-        renewed, and written by the next poll that reaches the database, so a
-        run that happened is never recorded as abandoned merely because the
-        database was away when it ended.
-        """
-        # Renewing past this point would only race the write that ends the run.
-        self._leases.discard(claim)
-        try:
-            written = self.store.finish(claim, end, decision)
-        except StoreError as error:
-            logger.warning(
-                "job %r: could not record its run yet, will retry: %s",
-                claim.name,
-                error,
-                extra={"jobsched": {"action": "record_deferred", "job": claim.name}},
-            )
-            with self._lock:
-                self._unwritten[(claim.job_id, claim.version)] = (claim, end, decision)
-            self._leases.pin(claim)
-            return
-
-        if not written:
-            logger.warning(
-                "job %r: lost its claim while running (lease expired and another "
-                "process recovered it); its result was not recorded",
-                claim.name,
-                extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
-            )
-
-    def _flush_unwritten(self) -> None:
-        """Write the run results that an earlier database failure held back."""
-        with self._lock:
-            pending = list(self._unwritten.items())
-        for key, (claim, end, decision) in pending:
-            written = self.store.finish(claim, end, decision)  # StoreError: later
-            with self._lock:
-                self._unwritten.pop(key, None)
-            self._leases.unpin(claim)
-            if not written:
-                logger.warning(
-                    "job %r: lost its claim before its result could be written",
-                    claim.name,
-                    extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
-                )
-
-    def _log_execution(self, claim: Claim, execution: Execution) -> None:
-        extra = {
-            "jobsched": {
-                "action": f"run_{execution.outcome.value}",
-                "job": claim.name,
-                "worker": self.owner,
-                "duration_s": round(execution.duration, 6),
-            }
-        }
-        if execution.error is None:
-            logger.info(
-                "job %r succeeded in %.3f s",
-                claim.name,
-                execution.duration,
-                extra=extra,
-            )
-        else:
-            logger.error(
-                "job %r failed after %.3f s",
-                claim.name,
-                execution.duration,
-                exc_info=execution.error,
-                extra=extra,
-            )
-
-    def _recover_expired(self, now: datetime) -> None:
-        """Recover running jobs whose owner stopped renewing the lease."""
-        for row in self.store.expired(self._registry.names(), now):
-            if row.owner == self.owner:
-                continue  # our own run, alive: its lease keeper is late, not dead
-            self.recover(row, now)
-
-    def recover(self, row: JobRow, now: datetime) -> None:
-        """Record a dead owner's run as abandoned and move its job on."""
-        try:
-            parse_row(row.trigger, row.options, row.args)
-            ended = Ended(
-                row.name,
-                row.trigger,
-                row.options,
-                row.scheduled_for or now,
-                row.attempt,
-                RunOutcome.ABANDONED,
-            )
-            decision = decide_end(self._registry.get(row.function), ended, now)
-        except ValueError as error:
-            decision = Decision(
-                status=JobState.BROKEN, next_run_at=None, error=f"cannot run: {error}"
-            )
-
-        message = f"lease of {row.owner} expired at {row.lease_until}"
-        end = RunEnd(RunOutcome.ABANDONED, now, error_message=message)
-        if self.store.abandon(row, now, end, decision):
-            logger.warning(
-                "job %r: recovered from %s, whose lease expired; the run is "
-                "recorded as abandoned",
-                row.name,
-                row.owner,
-                extra={"jobsched": {"action": "lease_expired", "job": row.name}},
-            )
-
     # -- background thread -------------------------------------------------------
 
     def start(self) -> None:
@@ -617,122 +370,3 @@ class Scheduler:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    # -- management ------------------------------------------------------------
-
-    def jobs(
-        self,
-        *,
-        status: JobState | str | None = None,
-        after: str | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-    ) -> Page[JobInfo]:
-        """List jobs by name, a page at a time.
-
-        Args:
-            status: Only jobs in this state.
-            after: The ``next_cursor`` of the previous page.
-            limit: Page size, 1 to 1000.
-
-        Returns:
-            A page of jobs; ``next_cursor`` is ``None`` on the last page.
-        """
-        check_page_size(limit)
-        self._ensure_ready()
-        state = JobState(status) if status is not None else None
-        rows = self._admin.list_rows(state, after, limit)
-        items = [job_info(row, full) for row, full in rows]
-        cursor = items[-1].name if len(items) == limit else None
-        return Page(items, cursor)
-
-    def get_job(self, name: str) -> JobInfo:
-        """Return one job by name.
-
-        Raises:
-            JobNotFound: There is no such job.
-        """
-        self._ensure_ready()
-        row, full = self._admin.get_full(name)
-        return job_info(row, full)
-
-    def pause(self, name: str) -> None:
-        """Pause a job; a running job pauses when its current run ends."""
-        self._ensure_ready()
-        self._admin.pause(name, self.clock.now())
-
-    def resume(self, name: str) -> None:
-        """Resume a paused job from its next fire time after now."""
-        self._ensure_ready()
-        row, _ = self._admin.get_full(name)
-        trigger = parse_row(row.trigger, row.options, row.args).trigger
-        now = self.clock.now()
-        first = row.next_run_at if isinstance(trigger, OnceTrigger) else None
-        later = with_jitter(trigger, name, trigger.next_after(now))
-        self._admin.resume(name, now, first or later)
-        self._after_change()
-
-    def run_now(self, name: str) -> None:
-        """Make a job due at once (the next poll of any process runs it)."""
-        self._ensure_ready()
-        self._admin.run_now(name, self.clock.now())
-        self._after_change()
-
-    def remove(self, name: str) -> None:
-        """Delete a job's row (its run history is kept).
-
-        A registered job is written again the next time a process starts with
-        it registered; remove it from the code as well.
-        """
-        self._ensure_ready()
-        self._admin.remove(name)
-
-    def runs(
-        self,
-        name: str | None = None,
-        *,
-        before: int | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-    ) -> Page[RunInfo]:
-        """List runs, newest first, a page at a time.
-
-        Args:
-            name: Only this job's runs.
-            before: The ``next_cursor`` of the previous page.
-            limit: Page size, 1 to 1000.
-
-        Returns:
-            A page of runs; ``next_cursor`` is ``None`` on the last page.
-        """
-        check_page_size(limit)
-        self._ensure_ready()
-        items = self._admin.list_runs(name, before, limit)
-        cursor = items[-1].id if len(items) == limit else None
-        return Page(items, cursor)
-
-    def prune_runs(
-        self,
-        *,
-        older_than: float | timedelta | None = None,
-        keep: int | None = None,
-    ) -> int:
-        """Delete finished runs older than ``older_than``, or beyond ``keep`` per job.
-
-        Returns:
-            How many runs were deleted.
-        """
-        if keep is not None and keep < 1:
-            raise ValueError(f"keep must be at least 1, got {keep!r}")
-        self._ensure_ready()
-        age = as_delta(older_than, "older_than")
-        cutoff = self.clock.now() - age if age is not None else None
-        return self._admin.prune_runs(cutoff, keep)
-
-    def preview(self, name: str, count: int = 5) -> list[datetime]:
-        """Return the next ``count`` fire times of a job (UTC), after now."""
-        spec = self._registry.get(name)
-        trigger = spec.trigger if spec is not None else None
-        if trigger is None:
-            trigger = self.get_job(name).trigger
-        if trigger is None:
-            raise JobNotFound(name)
-        return preview(self._sync.resolve(trigger), self.clock.now(), count)

@@ -147,6 +147,7 @@ class RunEnd:
     error_type: str | None = None
     error_message: str | None = None
     traceback: str | None = None
+    duration: float = 0.0
 
 
 class Store:
@@ -358,13 +359,16 @@ class Store:
         lease: timedelta,
         limit: int,
         decide: Callable[[JobRow], Decision],
+        applied: list[tuple[JobRow, Decision]] | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` due jobs among ``functions`` for ``owner``.
 
         Every candidate is decided by ``decide`` (which may run it, skip its
         missed fire times, or mark it broken) and written with one compare-and-set
         ``UPDATE`` on its id, status and version; only rows whose update matched
-        are returned as claims, together with their new run rows.
+        are returned as claims, together with their new run rows. When
+        ``applied`` is given, every decision that was written (claims, skips and
+        broken rows alike) is appended to it after the commit.
         """
         if not functions or limit <= 0:
             return []
@@ -383,17 +387,26 @@ class Store:
             query = query.with_for_update(skip_locked=True)
 
         def work() -> list[Claim]:
+            done: list[tuple[JobRow, Decision]] = []
             if locking:
                 with self.engine.begin() as conn:
                     rows = [self._row(r._mapping) for r in conn.execute(query)]
-                    return self._claim_rows(conn, rows, owner, now, lease, decide)
+                    claims = self._claim_rows(
+                        conn, rows, owner, now, lease, decide, done
+                    )
+            else:
+                # No row locks (SQLite): read first, then write in a transaction
+                # that starts with a write, so no read lock is ever upgraded.
+                with self.engine.connect() as conn:
+                    rows = [self._row(r._mapping) for r in conn.execute(query)]
+                with self.engine.begin() as conn:
+                    claims = self._claim_rows(
+                        conn, rows, owner, now, lease, decide, done
+                    )
 
-            # No row locks (SQLite): read first, then write in a transaction that
-            # starts with a write, so no read lock is ever upgraded.
-            with self.engine.connect() as conn:
-                rows = [self._row(r._mapping) for r in conn.execute(query)]
-            with self.engine.begin() as conn:
-                return self._claim_rows(conn, rows, owner, now, lease, decide)
+            if applied is not None:  # committed: report every decision that won
+                applied.extend(done)
+            return claims
 
         return self.run(work, "claiming due jobs")
 
@@ -405,6 +418,7 @@ class Store:
         now: datetime,
         lease: timedelta,
         decide: Callable[[JobRow], Decision],
+        done: list[tuple[JobRow, Decision]],
     ) -> list[Claim]:
         jobs = self.tables.jobs
         claims = []
@@ -435,6 +449,7 @@ class Store:
                 logger.debug("lost the claim of job %r to another process", row.name)
                 continue
 
+            done.append((row, decision))
             self._record_missed(conn, row.id, row.name, decision, now)
             if decision.run_for is None:
                 continue

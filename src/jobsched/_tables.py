@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
     exc,
     insert,
     inspect,
@@ -176,6 +177,15 @@ def define_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("key", String(64), primary_key=True),
         Column("value", String(255), nullable=False),
     )
+
+    # Whoever creates the tables (create_all here, or the application's own
+    # metadata.create_all) also records their layout.
+    @event.listens_for(meta, "after_create")
+    def _write_version(target: Table, connection: Any, **_: Any) -> None:
+        connection.execute(
+            insert(target).values(key="schema_version", value=str(SCHEMA_VERSION))
+        )
+
     return Tables(prefix=prefix, metadata=metadata, jobs=jobs, runs=runs, meta=meta)
 
 
@@ -227,19 +237,25 @@ def _write_schema_version(engine: Engine, tables: Tables) -> None:
 def check_schema_version(engine: Engine, tables: Tables) -> bool:
     """Check that the stored schema is one this code can use.
 
+    Tables created by the application's own migrations may lack the version row;
+    they are taken to have the layout of this version.
+
     Args:
         engine: The database.
         tables: The tables to check.
 
     Returns:
-        ``True`` when the tables exist with a known schema version, ``False``
-        when they do not exist yet.
+        ``True`` when the tables exist with a usable schema, ``False`` when they
+        do not exist yet.
 
     Raises:
         SchemaVersionError: The tables were written by a newer jobsched.
     """
-    if not inspect(engine).has_table(tables.meta.name):
+    inspector = inspect(engine)
+    if not inspector.has_table(tables.jobs.name):
         return False
+    if not inspector.has_table(tables.meta.name):
+        return True
 
     meta = tables.meta
     with engine.connect() as conn:
@@ -247,8 +263,6 @@ def check_schema_version(engine: Engine, tables: Tables) -> bool:
             select(meta.c.value).where(meta.c.key == "schema_version")
         ).scalar()
 
-    if found is None:
-        return False
-    if int(found) > SCHEMA_VERSION:
+    if found is not None and int(found) > SCHEMA_VERSION:
         raise SchemaVersionError(int(found), SCHEMA_VERSION)
     return True

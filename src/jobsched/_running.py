@@ -1,0 +1,363 @@
+"""Claiming, running and recording runs: the part of the scheduler that runs jobs.
+
+:class:`RunningMixin` holds the run path shared by ``run_pending()`` and the
+background workers: claim due jobs, run each with its executor, write its end
+(fenced by the claim), publish events, and recover runs whose owner died.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._clock import Clock
+from ._decide import Ended, decide_claim, decide_end, parse_row
+from ._errors import StoreError
+from ._events import (
+    EventBus,
+    JobBroken,
+    LeaseExpired,
+    RunFailed,
+    RunsMissed,
+    RunStarted,
+    RunSucceeded,
+)
+from ._models import JobState, RunOutcome, RunResult
+from ._registry import JobSpec, Registry, decode_args
+from ._runner import (
+    Execution,
+    execute,
+    execute_in_process,
+    execute_with_timeout,
+)
+from ._store import Claim, Decision, JobRow, RunEnd, Store
+
+if TYPE_CHECKING:
+    from ._worker import LeaseKeeper
+
+logger = logging.getLogger("jobsched._scheduler")
+
+
+class RunningMixin:
+    """The run path of :class:`~jobsched.Scheduler` (see the module docstring)."""
+
+    store: Store
+    clock: Clock
+    owner: str
+    lease: timedelta
+    batch_size: int
+    _registry: Registry
+    _leases: LeaseKeeper
+    _events: EventBus
+    _lock: Any
+    _unwritten: dict[tuple[int, int], tuple[Claim, RunEnd, Decision]]
+
+    def _ensure_ready(self) -> None:
+        raise NotImplementedError
+
+    def run_pending(self) -> list[RunResult]:
+        """Run every job of this process that is due now, in the calling thread.
+
+        Call it from a loop the application already has. Each call claims the
+        jobs due at the moment of the call (never a job that this process has not
+        registered), runs them one after another, records every run, and returns.
+        Fire times that passed while nobody was polling are handled by each job's
+        misfire policy: by default they coalesce into one run, and each one not
+        run is recorded as missed. A job that raises is recorded as failed; the
+        exception does not propagate (except ``KeyboardInterrupt`` and
+        ``SystemExit``, which are recorded first and then re-raised).
+
+        A database that stays unreachable through the retries is logged and the
+        call returns what it ran so far; the next call tries again.
+
+        Returns:
+            What ran, in the order it ran.
+        """
+        results: list[RunResult] = []
+        try:
+            self._ensure_ready()
+            self._flush_unwritten()
+            cutoff = self.clock.now()
+            self._recover_expired(cutoff)
+            while True:
+                claims = self._claim(cutoff, self.batch_size)
+                if not claims:
+                    break
+                with self._leases.keeping(claims):
+                    self._run_batch(claims, results)
+        except StoreError as error:
+            logger.warning(
+                "run_pending: database unavailable, will try again: %s",
+                error,
+                extra={"jobsched": {"action": "poll_failed"}},
+            )
+        return results
+
+    def _run_batch(self, claims: list[Claim], results: list[RunResult]) -> None:
+        """Run claims in order; if one stops the process, give the rest back."""
+        started = 0
+        try:
+            for claim in claims:
+                started += 1
+                results.append(self.run_claim(claim))
+        except BaseException:
+            for unstarted in claims[started:]:
+                self.store.release(unstarted, self.clock.now())
+            raise
+
+    def _claim(self, due_before: datetime, limit: int) -> list[Claim]:
+        applied: list[tuple[JobRow, Decision]] = []
+        claims = self.store.claim_due(
+            self._registry.names(),
+            self.owner,
+            due_before,
+            self.lease,
+            limit,
+            lambda row: decide_claim(row, due_before),
+            applied,
+        )
+        for row, decision in applied:
+            self._announce_missed(row.name, decision, due_before)
+            if decision.status is JobState.BROKEN:
+                reason = decision.error or "cannot run"
+                self._events.publish(
+                    JobBroken(timestamp=due_before, job=row.name, reason=reason)
+                )
+        return claims
+
+    def run_claim(self, claim: Claim) -> RunResult:
+        """Run one claimed job and record how it ended (used by the workers)."""
+        spec = self._registry.get(claim.function)
+        logger.info(
+            "running job %r (fire time %s, attempt %d)",
+            claim.name,
+            claim.scheduled_for.isoformat(),
+            claim.attempt,
+            extra={"jobsched": {"action": "run_started", "job": claim.name}},
+        )
+        if spec is None:  # unregistered since the claim: give it back
+            self.store.release(claim, self.clock.now())
+            return RunResult(
+                claim.name, 0, claim.scheduled_for, claim.attempt, RunOutcome.ABANDONED
+            )
+
+        self._events.publish(
+            RunStarted(
+                timestamp=claim.started_at,
+                job=claim.name,
+                scheduled_for=claim.scheduled_for,
+                attempt=claim.attempt,
+            )
+        )
+        args, kwargs = decode_args(claim.args)
+        execution = self._execute(spec, args, kwargs)
+        self._log_execution(claim, execution)
+        self._finish(claim, spec, execution)
+        result = RunResult(
+            job=claim.name,
+            run_id=0,
+            scheduled_for=claim.scheduled_for,
+            attempt=claim.attempt,
+            outcome=execution.outcome,
+            error=execution.error,
+            duration=execution.duration,
+        )
+        if execution.must_propagate and execution.error is not None:
+            raise execution.error
+        return result
+
+    def _execute(
+        self, spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Execution:
+        timeout = spec.options.timeout
+        seconds = None if timeout is None else timeout.total_seconds()
+        if spec.executor == "process":
+            return execute_in_process(spec.func, args, kwargs, seconds)
+        if seconds is not None:
+            return execute_with_timeout(spec.func, args, kwargs, seconds)
+        return execute(spec.func, args, kwargs)
+
+    def _finish(self, claim: Claim, spec: JobSpec, execution: Execution) -> None:
+        now = self.clock.now()
+        ended = Ended(
+            claim.name,
+            claim.trigger,
+            claim.options,
+            claim.scheduled_for,
+            claim.attempt,
+            execution.outcome,
+            execution.error,
+        )
+        decision = decide_end(spec, ended, now)
+        end = RunEnd(
+            outcome=execution.outcome,
+            finished_at=now,
+            error_type=execution.error_type,
+            error_message=execution.error_message,
+            traceback=execution.traceback,
+            duration=execution.duration,
+        )
+        self._record(claim, end, decision)
+
+    def _record(self, claim: Claim, end: RunEnd, decision: Decision) -> None:
+        """Write a run's end; if the database is down, keep it and try later.
+
+        A result that cannot be written is kept in memory with its lease still
+        renewed, and written by the next poll that reaches the database, so a
+        run that happened is never recorded as abandoned merely because the
+        database was away when it ended.
+        """
+        # Renewing past this point would only race the write that ends the run.
+        self._leases.discard(claim)
+        try:
+            written = self.store.finish(claim, end, decision)
+        except StoreError as error:
+            logger.warning(
+                "job %r: could not record its run yet, will retry: %s",
+                claim.name,
+                error,
+                extra={"jobsched": {"action": "record_deferred", "job": claim.name}},
+            )
+            with self._lock:
+                self._unwritten[(claim.job_id, claim.version)] = (claim, end, decision)
+            self._leases.pin(claim)
+            return
+
+        if written:
+            self._announce_end(claim, end, decision)
+        else:
+            logger.warning(
+                "job %r: lost its claim while running (lease expired and another "
+                "process recovered it); its result was not recorded",
+                claim.name,
+                extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
+            )
+
+    def _announce_end(self, claim: Claim, end: RunEnd, decision: Decision) -> None:
+        """Publish the events of a run whose end is committed."""
+        if end.outcome is RunOutcome.SUCCEEDED:
+            self._events.publish(
+                RunSucceeded(
+                    timestamp=end.finished_at,
+                    job=claim.name,
+                    scheduled_for=claim.scheduled_for,
+                    attempt=claim.attempt,
+                    duration=end.duration,
+                )
+            )
+        else:
+            self._events.publish(
+                RunFailed(
+                    timestamp=end.finished_at,
+                    job=claim.name,
+                    scheduled_for=claim.scheduled_for,
+                    attempt=claim.attempt,
+                    duration=end.duration,
+                    error_type=end.error_type,
+                    error_message=end.error_message,
+                    timed_out=end.outcome is RunOutcome.TIMED_OUT,
+                    will_retry=decision.scheduled_for is not None,
+                )
+            )
+        self._announce_missed(claim.name, decision, end.finished_at)
+
+    def _announce_missed(self, name: str, decision: Decision, now: datetime) -> None:
+        if decision.missed_total:
+            self._events.publish(
+                RunsMissed(
+                    timestamp=now,
+                    job=name,
+                    fire_times=decision.missed,
+                    count=decision.missed_total,
+                    reason=decision.reason,
+                )
+            )
+
+    def _flush_unwritten(self) -> None:
+        """Write the run results that an earlier database failure held back."""
+        with self._lock:
+            pending = list(self._unwritten.items())
+        for key, (claim, end, decision) in pending:
+            written = self.store.finish(claim, end, decision)  # StoreError: later
+            with self._lock:
+                self._unwritten.pop(key, None)
+            self._leases.unpin(claim)
+            if written:
+                self._announce_end(claim, end, decision)
+            else:
+                logger.warning(
+                    "job %r: lost its claim before its result could be written",
+                    claim.name,
+                    extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
+                )
+
+    def _log_execution(self, claim: Claim, execution: Execution) -> None:
+        extra = {
+            "jobsched": {
+                "action": f"run_{execution.outcome.value}",
+                "job": claim.name,
+                "worker": self.owner,
+                "duration_s": round(execution.duration, 6),
+            }
+        }
+        if execution.error is None:
+            logger.info(
+                "job %r succeeded in %.3f s",
+                claim.name,
+                execution.duration,
+                extra=extra,
+            )
+        else:
+            logger.error(
+                "job %r failed after %.3f s",
+                claim.name,
+                execution.duration,
+                exc_info=execution.error,
+                extra=extra,
+            )
+
+    def _recover_expired(self, now: datetime) -> None:
+        """Recover running jobs whose owner stopped renewing the lease."""
+        for row in self.store.expired(self._registry.names(), now):
+            if row.owner == self.owner:
+                continue  # our own run, alive: its lease keeper is late, not dead
+            self.recover(row, now)
+
+    def recover(self, row: JobRow, now: datetime) -> None:
+        """Record a dead owner's run as abandoned and move its job on."""
+        try:
+            parse_row(row.trigger, row.options, row.args)
+            ended = Ended(
+                row.name,
+                row.trigger,
+                row.options,
+                row.scheduled_for or now,
+                row.attempt,
+                RunOutcome.ABANDONED,
+            )
+            decision = decide_end(self._registry.get(row.function), ended, now)
+        except ValueError as error:
+            decision = Decision(
+                status=JobState.BROKEN, next_run_at=None, error=f"cannot run: {error}"
+            )
+
+        message = f"lease of {row.owner} expired at {row.lease_until}"
+        end = RunEnd(RunOutcome.ABANDONED, now, error_message=message)
+        if self.store.abandon(row, now, end, decision):
+            self._events.publish(
+                LeaseExpired(
+                    timestamp=now,
+                    job=row.name,
+                    scheduled_for=row.scheduled_for or now,
+                    attempt=row.attempt,
+                    owner=row.owner,
+                )
+            )
+            logger.warning(
+                "job %r: recovered from %s, whose lease expired; the run is "
+                "recorded as abandoned",
+                row.name,
+                row.owner,
+                extra={"jobsched": {"action": "lease_expired", "job": row.name}},
+            )
