@@ -22,6 +22,15 @@ from ._errors import JobschedError as JobschedError
 from ._errors import SchedulerStateError as SchedulerStateError
 from ._errors import SchemaVersionError as SchemaVersionError
 from ._errors import StoreError as StoreError
+from ._events import Event as Event
+from ._events import JobBroken as JobBroken
+from ._events import JobEvent as JobEvent
+from ._events import LeaseExpired as LeaseExpired
+from ._events import RunEvent as RunEvent
+from ._events import RunFailed as RunFailed
+from ._events import RunsMissed as RunsMissed
+from ._events import RunStarted as RunStarted
+from ._events import RunSucceeded as RunSucceeded
 from ._models import JobInfo as JobInfo
 from ._models import JobState as JobState
 from ._models import Misfire as Misfire
@@ -49,21 +58,30 @@ __all__ = [
     "CronTrigger",
     "DatabaseClock",
     "DuplicateJob",
+    "Event",
     "IntervalTrigger",
     "InvalidArguments",
     "InvalidTrigger",
+    "JobBroken",
     "JobDefinitionError",
+    "JobEvent",
     "JobInfo",
     "JobNotFound",
     "JobState",
     "JobschedError",
+    "LeaseExpired",
     "Misfire",
     "OnceTrigger",
     "Overlap",
     "Page",
+    "RunEvent",
+    "RunFailed",
     "RunInfo",
     "RunOutcome",
     "RunResult",
+    "RunStarted",
+    "RunSucceeded",
+    "RunsMissed",
     "Scheduler",
     "SchedulerStateError",
     "SchemaVersionError",
