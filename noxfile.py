@@ -25,7 +25,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[test]", "mypy", "types-croniter")
+    session.install("-e", ".[test]", "mypy")
     session.run("mypy", "src")
 
 

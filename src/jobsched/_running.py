@@ -156,7 +156,7 @@ class RunningMixin:
         self._finish(claim, spec, execution)
         result = RunResult(
             job=claim.name,
-            run_id=0,
+            run_id=claim.run_id,
             scheduled_for=claim.scheduled_for,
             attempt=claim.attempt,
             outcome=execution.outcome,

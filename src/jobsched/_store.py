@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     case,
     delete,
     exc,
@@ -136,6 +137,7 @@ class Claim:
     scheduled_for: datetime
     attempt: int
     started_at: datetime
+    run_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -420,57 +422,168 @@ class Store:
         decide: Callable[[JobRow], Decision],
         done: list[tuple[JobRow, Decision]],
     ) -> list[Claim]:
-        jobs = self.tables.jobs
-        claims = []
-        for row in rows:
-            decision = decide(row)
-            values: dict[str, Any] = {
-                "status": decision.status.value,
-                "next_run_at": decision.next_run_at,
-                "attempt": decision.attempt,
-                "scheduled_for": decision.scheduled_for,
-                "missed_count": jobs.c.missed_count + decision.missed_total,
-                "error": decision.error,
-            }
-            if decision.run_for is not None:
-                values.update(owner=owner, lease_until=now + lease, last_run_at=now)
+        decided = [(row, decide(row)) for row in rows]
+        plain = [(r, d) for r, d in decided if d.run_for is not None and not d.missed]
+        special = [(r, d) for r, d in decided if d.run_for is None or d.missed]
 
-            won = self._set_if(
-                conn,
-                and_(
-                    jobs.c.id == row.id,
-                    jobs.c.version == row.version,
-                    jobs.c.status == JobState.SCHEDULED.value,
-                ),
-                values,
-                now,
-            )
-            if not won:
-                logger.debug("lost the claim of job %r to another process", row.name)
-                continue
-
-            done.append((row, decision))
-            self._record_missed(conn, row.id, row.name, decision, now)
-            if decision.run_for is None:
-                continue
-
-            claim = Claim(
-                job_id=row.id,
-                name=row.name,
-                function=row.function,
-                trigger=row.trigger,
-                args=row.args,
-                options=row.options,
-                owner=owner,
-                version=row.version + 1,
-                scheduled_for=decision.run_for,
-                attempt=decision.attempt,
-                started_at=now,
-            )
-            self._insert_run(conn, claim)
-            claims.append(claim)
+        claims = self._claim_plain(conn, plain, owner, now, lease, done)
+        for row, decision in special:
+            won, claim = self._claim_one(conn, row, decision, owner, now, lease)
+            if won:
+                done.append((row, decision))
+            if claim is not None:
+                claims.append(claim)
 
         return claims
+
+    def _claim_plain(
+        self,
+        conn: Connection,
+        decided: list[tuple[JobRow, Decision]],
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+        done: list[tuple[JobRow, Decision]],
+    ) -> list[Claim]:
+        """Claim rows that simply run, with one statement batch and one read.
+
+        Each row's compare-and-set is its own ``UPDATE ... WHERE id AND version
+        AND status``, sent together; which of them won is then read back under
+        the same fence (owner and new version), never taken from a row count.
+        """
+        if not decided:
+            return []
+
+        jobs = self.tables.jobs
+        statement = (
+            update(jobs)
+            .where(
+                jobs.c.id == bindparam("b_id"),
+                jobs.c.version == bindparam("b_version"),
+                jobs.c.status == JobState.SCHEDULED.value,
+            )
+            .values(
+                status=JobState.RUNNING.value,
+                owner=owner,
+                lease_until=now + lease,
+                last_run_at=now,
+                updated_at=now,
+                version=jobs.c.version + 1,
+                next_run_at=bindparam("b_next"),
+                attempt=bindparam("b_attempt"),
+                scheduled_for=bindparam("b_for"),
+                error=None,
+            )
+        )
+        conn.execute(
+            statement,
+            [
+                {
+                    "b_id": row.id,
+                    "b_version": row.version,
+                    "b_next": decision.next_run_at,
+                    "b_attempt": decision.attempt,
+                    "b_for": decision.run_for,
+                }
+                for row, decision in decided
+            ],
+        )
+
+        check = select(jobs.c.id, jobs.c.version).where(
+            jobs.c.id.in_([row.id for row, _ in decided]),
+            jobs.c.owner == owner,
+            jobs.c.status == JobState.RUNNING.value,
+        )
+        taken = dict(conn.execute(check).all())
+        won = [(r, d) for r, d in decided if taken.get(r.id) == r.version + 1]
+        for row, _ in decided:
+            if taken.get(row.id) != row.version + 1:
+                logger.debug("lost the claim of job %r to another process", row.name)
+
+        claims = [self._new_claim(row, decision, owner, now) for row, decision in won]
+        if claims:
+            conn.execute(insert(self.tables.runs), [self._run_row(c) for c in claims])
+            claims = self._with_run_ids(conn, claims)
+        done.extend(won)
+        return claims
+
+    def _with_run_ids(self, conn: Connection, claims: list[Claim]) -> list[Claim]:
+        """Fill in the keys of the run rows just inserted for ``claims``."""
+        runs = self.tables.runs
+        query = select(
+            runs.c.id, runs.c.job_id, runs.c.scheduled_for, runs.c.attempt
+        ).where(
+            runs.c.job_id.in_([c.job_id for c in claims]),
+            runs.c.outcome == RunOutcome.RUNNING.value,
+        )
+        ids = {
+            (job, slot, attempt): key for key, job, slot, attempt in conn.execute(query)
+        }
+        return [
+            replace(c, run_id=ids.get((c.job_id, c.scheduled_for, c.attempt), 0))
+            for c in claims
+        ]
+
+    def _claim_one(
+        self,
+        conn: Connection,
+        row: JobRow,
+        decision: Decision,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+    ) -> tuple[bool, Claim | None]:
+        """Apply one decision that skips fire times or marks a row broken.
+
+        Returns:
+            Whether the row was changed (``False``: another process changed it
+            first), and the new claim when the decision runs a fire time.
+        """
+        jobs = self.tables.jobs
+        values: dict[str, Any] = {
+            "status": decision.status.value,
+            "next_run_at": decision.next_run_at,
+            "attempt": decision.attempt,
+            "scheduled_for": decision.scheduled_for,
+            "missed_count": jobs.c.missed_count + decision.missed_total,
+            "error": decision.error,
+        }
+        if decision.run_for is not None:
+            values.update(owner=owner, lease_until=now + lease, last_run_at=now)
+
+        fence = and_(
+            jobs.c.id == row.id,
+            jobs.c.version == row.version,
+            jobs.c.status == JobState.SCHEDULED.value,
+        )
+        if not self._set_if(conn, fence, values, now):
+            logger.debug("lost the claim of job %r to another process", row.name)
+            return False, None
+
+        self._record_missed(conn, row.id, row.name, decision, now)
+        if decision.run_for is None:
+            return True, None
+
+        claim = self._new_claim(row, decision, owner, now)
+        result = conn.execute(insert(self.tables.runs).values(self._run_row(claim)))
+        key = result.inserted_primary_key
+        return True, replace(claim, run_id=int(key[0]) if key else 0)
+
+    @staticmethod
+    def _new_claim(row: JobRow, decision: Decision, owner: str, now: datetime) -> Claim:
+        return Claim(
+            job_id=row.id,
+            name=row.name,
+            function=row.function,
+            trigger=row.trigger,
+            args=row.args,
+            options=row.options,
+            owner=owner,
+            version=row.version + 1,
+            scheduled_for=decision.run_for or now,
+            attempt=decision.attempt,
+            started_at=now,
+        )
 
     def _set_if(
         self,
@@ -488,18 +601,17 @@ class Store:
         )
         return conn.execute(statement).rowcount == 1
 
-    def _insert_run(self, conn: Connection, claim: Claim) -> None:
-        conn.execute(
-            insert(self.tables.runs).values(
-                job_id=claim.job_id,
-                job_name=claim.name,
-                scheduled_for=claim.scheduled_for,
-                attempt=claim.attempt,
-                owner=claim.owner,
-                started_at=claim.started_at,
-                outcome=RunOutcome.RUNNING.value,
-            )
-        )
+    @staticmethod
+    def _run_row(claim: Claim) -> dict[str, Any]:
+        return {
+            "job_id": claim.job_id,
+            "job_name": claim.name,
+            "scheduled_for": claim.scheduled_for,
+            "attempt": claim.attempt,
+            "owner": claim.owner,
+            "started_at": claim.started_at,
+            "outcome": RunOutcome.RUNNING.value,
+        }
 
     def _record_missed(
         self,

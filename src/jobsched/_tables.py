@@ -137,7 +137,6 @@ def define_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("attempt", Integer, nullable=False, default=0),
         Column("owner", String(OWNER_LENGTH)),
         Column("lease_until", UTCDateTime),
-        Column("run_id", _Key),
         Column("version", Integer, nullable=False, default=0),
         Column("last_run_at", UTCDateTime),
         Column("last_outcome", String(16)),

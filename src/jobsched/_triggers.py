@@ -192,7 +192,10 @@ class CronTrigger:
             InvalidTrigger: ``after`` is naive.
         """
         start = _require_aware(after, "after").replace(tzinfo=None)
-        found = self._schedule.next_after(start, self._zone)
+        try:
+            found = self._schedule.next_after(start, self._zone)
+        except OverflowError:  # at the very ends of the calendar
+            return None
         return None if found is None else found.replace(tzinfo=_UTC)
 
     def to_spec(self) -> dict[str, Any]:
@@ -442,6 +445,8 @@ def _instant(value: object) -> datetime:
     """Return an aware datetime parsed from an ISO 8601 string."""
     if not isinstance(value, str):
         raise TypeError(f"expected an ISO 8601 string, got {value!r}")
+    if value.endswith(("Z", "z")):  # Python 3.10 does not read a "Z" suffix
+        value = value[:-1] + "+00:00"
     return datetime.fromisoformat(value)
 
 

@@ -13,7 +13,8 @@ the rules of DESIGN.md directly:
   the gap matches.
 
 Windows surround every daylight-saving change of 2024-2026 in zones with
-ordinary, half-hour and midnight transitions, plus Samoa's skipped day in 2011.
+ordinary, half-hour and midnight transitions, plus Newfoundland's 2010 changes
+at 00:01 (its fall-back crosses midnight) and Samoa's skipped day in 2011.
 """
 
 from __future__ import annotations
@@ -202,12 +203,14 @@ def utc_offset(moment: datetime, zone: ZoneInfo) -> timedelta | None:
 
 
 @functools.cache
-def transitions(zone_name: str) -> tuple[datetime, ...]:
-    """UTC instants (to the minute) at which a zone's offset changes, 2024-2026."""
+def transitions(
+    zone_name: str, start: datetime = SCAN_START, end: datetime = SCAN_END
+) -> tuple[datetime, ...]:
+    """UTC instants (to the minute) at which a zone's offset changes."""
     zone = ZoneInfo(zone_name)
     found = []
-    hour = SCAN_START
-    while hour < SCAN_END:
+    hour = start
+    while hour < end:
         if utc_offset(hour, zone) != utc_offset(hour + HOUR, zone):
             low, high = hour, hour + HOUR
             while high - low > MINUTE:
@@ -230,6 +233,19 @@ def dst_windows() -> list[Window]:
         for zone in DST_ZONES
         for change in transitions(zone)
     ]
+    # Newfoundland changed at 00:01 until 2011, so its fall-back moved the wall
+    # clock back across midnight, to 23:01 of the previous date.
+    newfoundland = transitions(
+        "America/St_Johns",
+        datetime(2010, 1, 1, tzinfo=UTC),
+        datetime(2011, 1, 1, tzinfo=UTC),
+    )
+    windows.extend(
+        Window(
+            "America/St_Johns", change - WINDOW_HALF_WIDTH, change + WINDOW_HALF_WIDTH
+        )
+        for change in newfoundland
+    )
     # Samoa skipped 30 December 2011 altogether.
     windows.append(
         Window(
