@@ -8,11 +8,13 @@ so on one database shares one jobs table, and each due run executes once.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _version
 
 from ._clock import Clock as Clock
 from ._clock import DatabaseClock as DatabaseClock
 from ._clock import SystemClock as SystemClock
+from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DuplicateJob as DuplicateJob
 from ._errors import InvalidArguments as InvalidArguments
 from ._errors import InvalidTrigger as InvalidTrigger
@@ -48,13 +50,14 @@ from ._triggers import OnceTrigger as OnceTrigger
 from ._triggers import Trigger as Trigger
 
 try:
-    __version__ = version("jobsched")
-except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = _version("jobsched")
+except _NotInstalled:  # running from a source tree without installing
     __version__ = "0.0.0"
 
 __all__ = [
     "SCHEMA_VERSION",
     "Clock",
+    "ConfigurationError",
     "CronTrigger",
     "DatabaseClock",
     "DuplicateJob",

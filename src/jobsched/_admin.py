@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
 
-from ._errors import JobNotFound, SchedulerStateError
+from ._errors import ConfigurationError, JobNotFound, SchedulerStateError
 from ._models import JobInfo, JobState, RunInfo, RunOutcome
 from ._registry import decode_args
 from ._store import JobRow, Store
@@ -29,14 +29,14 @@ def check_page_size(limit: int) -> None:
     """Reject a page size outside 1..MAX_PAGE_SIZE.
 
     Raises:
-        ValueError: The size is out of range.
+        ConfigurationError: The size is out of range.
     """
     if (
         isinstance(limit, bool)
         or not isinstance(limit, int)
         or not (1 <= limit <= MAX_PAGE_SIZE)
     ):
-        raise ValueError(
+        raise ConfigurationError(
             f"page size must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}"
         )
 

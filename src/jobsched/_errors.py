@@ -9,6 +9,7 @@ where a builtin describes the problem too, from that builtin as well, so that
     │   ├── InvalidTrigger                   bad cron, time zone, interval or date
     │   ├── InvalidArguments (TypeError)     arguments that are not JSON
     │   └── DuplicateJob                     a name registered twice
+    ├── ConfigurationError (ValueError)      a scheduler option or argument out of range
     ├── JobNotFound (LookupError)            no job of that name
     ├── SchemaVersionError                   the tables are newer than this code
     ├── StoreError                           the database failed after retries
@@ -17,9 +18,16 @@ where a builtin describes the problem too, from that builtin as well, so that
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class JobschedError(Exception):
     """Root of every exception raised by jobsched."""
+
+
+def _rebuild(cls: type[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Recreate an exception from its structured arguments (for pickling)."""
+    return cls(*args, **kwargs)
 
 
 class JobDefinitionError(JobschedError, ValueError):
@@ -35,6 +43,9 @@ class JobDefinitionError(JobschedError, ValueError):
         self.problem = problem
         prefix = f"job {job!r}: " if job is not None else ""
         super().__init__(prefix + problem)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.problem,), {"job": self.job}))
 
     def for_job(self, job: str) -> JobDefinitionError:
         """Return the same error, naming ``job``."""
@@ -53,6 +64,10 @@ class DuplicateJob(JobDefinitionError):
     """A job name is registered twice in one scheduler."""
 
 
+class ConfigurationError(JobschedError, ValueError):
+    """A scheduler option or a call's argument is out of range."""
+
+
 class JobNotFound(JobschedError, LookupError):
     """No job of the given name exists.
 
@@ -63,6 +78,9 @@ class JobNotFound(JobschedError, LookupError):
     def __init__(self, job: str) -> None:
         self.job = job
         super().__init__(f"no job named {job!r}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.job,), {}))
 
 
 class SchemaVersionError(JobschedError):
@@ -80,6 +98,9 @@ class SchemaVersionError(JobschedError):
             f"the jobsched tables have schema version {found}, but this version "
             f"of jobsched supports up to {supported}; upgrade jobsched"
         )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.found, self.supported), {}))
 
 
 class StoreError(JobschedError):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from ._admin import DEFAULT_PAGE_SIZE, Admin, check_page_size, job_info
 from ._clock import Clock
 from ._decide import parse_row, with_jitter
-from ._errors import JobNotFound
+from ._errors import ConfigurationError, JobNotFound
 from ._events import Event, EventBus
 from ._models import JobInfo, JobState, Page, RunInfo
 from ._registry import Registry, as_delta
 from ._sync import Synchronizer
-from ._triggers import OnceTrigger, preview
+from ._triggers import CronTrigger, OnceTrigger, Trigger, preview
 
 
 class ManagementMixin:
@@ -72,7 +73,7 @@ class ManagementMixin:
         """
         check_page_size(limit)
         self._ensure_ready()
-        state = JobState(status) if status is not None else None
+        state = _state(status)
         rows = self._admin.list_rows(state, after, limit)
         items = [job_info(row, full) for row, full in rows]
         cursor = items[-1].name if len(items) == limit else None
@@ -154,18 +155,49 @@ class ManagementMixin:
             How many runs were deleted.
         """
         if keep is not None and keep < 1:
-            raise ValueError(f"keep must be at least 1, got {keep!r}")
+            raise ConfigurationError(f"keep must be at least 1, got {keep!r}")
         self._ensure_ready()
         age = as_delta(older_than, "older_than")
         cutoff = self.clock.now() - age if age is not None else None
         return self._admin.prune_runs(cutoff, keep)
 
-    def preview(self, name: str, count: int = 5) -> list[datetime]:
-        """Return the next ``count`` fire times of a job (UTC), after now."""
-        spec = self._registry.get(name)
-        trigger = spec.trigger if spec is not None else None
+    def preview(
+        self, job: str | Trigger, count: int = 5, *, local: bool = False
+    ) -> list[datetime]:
+        """Return the next ``count`` fire times of a job or a trigger, after now.
+
+        Args:
+            job: A job's name (its stored schedule is used, so an interval is
+                counted from its stored anchor), or a trigger not registered yet.
+            count: How many fire times.
+            local: Return them in the cron trigger's time zone instead of UTC
+                (the same instants either way).
+
+        Returns:
+            Aware datetimes, strictly increasing.
+
+        Raises:
+            JobNotFound: No job of that name, or it has no schedule.
+        """
+        trigger = job if not isinstance(job, str) else self.get_job(job).trigger
         if trigger is None:
-            trigger = self.get_job(name).trigger
-        if trigger is None:
-            raise JobNotFound(name)
-        return preview(self._sync.resolve(trigger), self.clock.now(), count)
+            raise JobNotFound(str(job))
+
+        times = preview(self._sync.resolve(trigger), self.clock.now(), count)
+        if local and isinstance(trigger, CronTrigger):
+            zone = ZoneInfo(trigger.timezone)
+            return [moment.astimezone(zone) for moment in times]
+        return times
+
+
+def _state(status: JobState | str | None) -> JobState | None:
+    """Turn a status filter into a :class:`JobState`, rejecting unknown names."""
+    if status is None:
+        return None
+    try:
+        return JobState(status)
+    except ValueError:
+        known = ", ".join(state.value for state in JobState)
+        raise ConfigurationError(
+            f"unknown job status {status!r}; expected one of {known}"
+        ) from None

@@ -8,15 +8,25 @@ testable on their own.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ._models import JobOptions, Misfire, Overlap
-from ._triggers import Trigger
+from ._triggers import IntervalTrigger, Trigger
 
 # How many past fire times one decision walks through before it stops counting
 # one by one; a one-second job after a week offline must not take a second.
 MAX_DUE_SCAN = 10_000
+# Windows looked back over, shortest first, to find the latest fire time before
+# now once a walk has gone past MAX_DUE_SCAN.
+LOOKBACK_WINDOWS = (
+    *(timedelta(seconds=n) for n in (1, 60, 3600, 86_400, 32 * 86_400)),
+    timedelta(days=366),
+    timedelta(days=366 * 400),
+)
+# The smallest step of time, to turn "strictly after" into "at or after".
+TICK = timedelta(microseconds=1)
 # How many missed fire times one decision writes as rows; the rest are counted
 # on the job's ``missed_count`` only, so an outage cannot flood the history.
 MAX_MISSED_ROWS = 100
@@ -49,19 +59,56 @@ def _due_times(
 ) -> tuple[list[datetime], int, datetime | None]:
     """Return the fire times from ``first`` up to ``now``, their count, and the next.
 
-    The list holds at most :data:`MAX_DUE_SCAN` times; past that the count is a
-    lower bound and the walk jumps straight to the first fire time after now.
+    Past :data:`MAX_DUE_SCAN` times the walk stops; the list then ends with the
+    most recent due times instead, and the count is exact for intervals and a
+    lower bound for cron.
     """
     due = [first]
     upcoming = trigger.next_after(first)
     while upcoming is not None and upcoming <= now:
         if len(due) >= MAX_DUE_SCAN:
-            return due, len(due), trigger.next_after(now)
+            due.extend(_recent_due(trigger, due[-1], now))
+            latest = due[-1]
+            count = _count(trigger, first, latest, len(due))
+            return due, count, trigger.next_after(latest)
 
         due.append(upcoming)
         upcoming = trigger.next_after(upcoming)
 
     return due, len(due), upcoming
+
+
+def _count(trigger: Trigger, first: datetime, latest: datetime, scanned: int) -> int:
+    """Count the fire times from ``first`` to ``latest``: exact for intervals."""
+    if isinstance(trigger, IntervalTrigger) and trigger.start is not None:
+        every = trigger.every
+        grid = (latest - trigger.start) // every - (first - trigger.start) // every
+        return 1 + grid
+    return scanned  # a lower bound: the walk stopped counting
+
+
+def _recent_due(trigger: Trigger, floor: datetime, now: datetime) -> list[datetime]:
+    """Return the last fire times after ``floor`` and at or before ``now``.
+
+    At most ``MAX_MISSED_ROWS + 1`` of them, oldest first. Looks back from
+    ``now`` over growing windows, so a long outage is not walked fire time by
+    fire time.
+    """
+    recent: deque[datetime] = deque(maxlen=MAX_MISSED_ROWS + 1)
+    for window in LOOKBACK_WINDOWS:
+        start = max(now - window, floor)
+        recent.clear()
+        found = trigger.next_after(start)
+        for _ in range(MAX_DUE_SCAN):
+            if found is None or found > now:
+                break
+            recent.append(found)
+            found = trigger.next_after(found)
+
+        if len(recent) == recent.maxlen or start == floor:
+            break
+
+    return list(recent)
 
 
 def _limited(times: list[datetime]) -> list[datetime]:
@@ -92,19 +139,7 @@ def plan_due(
         return grace is None or now - fire <= grace
 
     if options.misfire is Misfire.CATCH_UP:
-        oldest_allowed = now - options.catch_up_window
-        for index, fire in enumerate(due):
-            if fire >= oldest_allowed and on_time(fire):
-                missed = due[:index]
-                return Plan(
-                    run_for=fire,
-                    missed=_limited(missed),
-                    missed_total=len(missed),
-                    next_fire=trigger.next_after(fire),
-                    reason="older than the catch-up window or the grace period",
-                )
-
-        return Plan(None, _limited(due), count, upcoming, "too late to catch up")
+        return _catch_up(trigger, due, count, upcoming, now, options)
 
     latest = due[-1]
     if on_time(latest):
@@ -118,6 +153,34 @@ def plan_due(
         )
 
     return Plan(None, _limited(due), count, upcoming, "started too late (grace)")
+
+
+def _catch_up(
+    trigger: Trigger,
+    due: list[datetime],
+    count: int,
+    upcoming: datetime | None,
+    now: datetime,
+    options: JobOptions,
+) -> Plan:
+    """Run the oldest due fire time that is inside the window and the grace."""
+    earliest = now - options.catch_up_window
+    if options.grace is not None:
+        earliest = max(earliest, now - options.grace)
+
+    # The first fire time at or after ``earliest`` (next_after is strict).
+    start = due[0] if due[0] >= earliest else trigger.next_after(earliest - TICK)
+    if start is None or start > now:
+        return Plan(None, _limited(due), count, upcoming, "too late to catch up")
+
+    missed = [fire for fire in due if fire < start]
+    return Plan(
+        run_for=start,
+        missed=_limited(missed),
+        missed_total=len(missed),
+        next_fire=trigger.next_after(start),
+        reason="older than the catch-up window or the grace period",
+    )
 
 
 def plan_after_run(

@@ -157,6 +157,13 @@ def as_delta(value: float | timedelta | None, what: str) -> timedelta | None:
     return delta
 
 
+def _positive(value: float | timedelta, what: str) -> timedelta:
+    delta = as_delta(value, what)
+    if delta is None or delta <= timedelta(0):
+        raise JobDefinitionError(f"{what} must be positive, got {value!r}")
+    return delta
+
+
 def build_spec(
     name: str,
     func: Callable[..., Any],
@@ -220,12 +227,13 @@ def build_spec(
             misfire=Misfire(misfire),
             grace=as_delta(grace, "grace"),
             catch_up_window=(
-                as_delta(catch_up_window, "catch_up_window")
-                or JobOptions().catch_up_window
+                JobOptions().catch_up_window
+                if catch_up_window is None
+                else _positive(catch_up_window, "catch_up_window")
             ),
             overlap=Overlap(overlap),
             max_attempts=max_attempts,
-            timeout=as_delta(timeout, "timeout"),
+            timeout=None if timeout is None else _positive(timeout, "timeout"),
         )
     except ValueError as error:
         raise JobDefinitionError(str(error)) from error
@@ -234,8 +242,6 @@ def build_spec(
         raise JobDefinitionError(
             f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}"
         )
-    if job_options.timeout is not None and job_options.timeout <= timedelta(0):
-        raise JobDefinitionError(f"timeout must be positive, got {timeout!r}")
 
     retry_on = tuple(retry_on)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):

@@ -301,7 +301,7 @@ class RunningMixin:
                 "duration_s": round(execution.duration, 6),
             }
         }
-        if execution.error is None:
+        if execution.outcome is RunOutcome.SUCCEEDED:
             logger.info(
                 "job %r succeeded in %.3f s",
                 claim.name,
@@ -310,9 +310,11 @@ class RunningMixin:
             )
         else:
             logger.error(
-                "job %r failed after %.3f s",
+                "job %r %s after %.3f s: %s",
                 claim.name,
+                execution.outcome.value.replace("_", " "),
                 execution.duration,
+                execution.error_message,
                 exc_info=execution.error,
                 extra=extra,
             )

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from ._admin import Admin
 from ._clock import Clock, DatabaseClock
 from ._errors import (
+    ConfigurationError,
     JobDefinitionError,
     JobNotFound,
     SchedulerStateError,
@@ -26,14 +27,12 @@ from ._events import (
 )
 from ._manage import ManagementMixin
 from ._models import (
-    JobOptions,
     Misfire,
     Overlap,
 )
 from ._registry import (
     JobSpec,
     Registry,
-    as_delta,
     build_spec,
     check_name,
     default_name,
@@ -68,6 +67,13 @@ DEFAULT_STOP_TIMEOUT = 30.0
 def _owner_token() -> str:
     """Return an owner identity unique to this process start."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _check_positive(**values: float) -> None:
+    """Reject a scheduler option that is not a positive number."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
 
 
 class Scheduler(RunningMixin, ManagementMixin):
@@ -107,10 +113,12 @@ class Scheduler(RunningMixin, ManagementMixin):
         batch_size: int = DEFAULT_BATCH,
         create_tables: bool = True,
     ) -> None:
-        if max_workers < 1 or batch_size < 1:
-            raise ValueError("max_workers and batch_size must be at least 1")
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        _check_positive(max_workers=max_workers, batch_size=batch_size)
+        _check_positive(poll_interval=poll_interval)
+        lease_delta = (
+            lease if isinstance(lease, timedelta) else timedelta(seconds=lease)
+        )
+        _check_positive(lease=lease_delta.total_seconds())
 
         self.engine = engine
         self.tables = define_tables(table_prefix)
@@ -119,7 +127,7 @@ class Scheduler(RunningMixin, ManagementMixin):
         self.clock: Clock = clock or DatabaseClock(self.store.server_time)
         self.max_workers = max_workers
         self.poll_interval = float(poll_interval)
-        self.lease = as_delta(lease, "lease") or DEFAULT_LEASE
+        self.lease = lease_delta
         self.batch_size = batch_size
         self._create_tables = create_tables
         self._registry = Registry()
@@ -215,7 +223,9 @@ class Scheduler(RunningMixin, ManagementMixin):
         Returns:
             The registered job's definition.
         """
-        name = options.pop("name", None) or default_name(func)
+        name = options.pop("name", None)
+        if name is None:
+            name = default_name(func)
         check_name(name)
         try:
             spec = build_spec(name, func, **options)
@@ -255,7 +265,8 @@ class Scheduler(RunningMixin, ManagementMixin):
             JobDefinitionError: Bad arguments or time, or the name is taken.
         """
         function = job if isinstance(job, str) else self._registry.name_of(job)
-        if function is None or self._registry.get(function) is None:
+        spec = self._registry.get(function) if function is not None else None
+        if function is None or spec is None:
             raise JobNotFound(job if isinstance(job, str) else default_name(job))
 
         job_name = name or f"{function}@{uuid.uuid4().hex[:16]}"
@@ -267,8 +278,9 @@ class Scheduler(RunningMixin, ManagementMixin):
         except JobDefinitionError as error:
             raise error.for_job(job_name) from error
 
+        # The one-off runs with the policies its function was registered with.
         inserted = self.store.insert_job(
-            self._sync.row_values(job_name, function, trigger, text, JobOptions()),
+            self._sync.row_values(job_name, function, trigger, text, spec.options),
             self.clock.now(),
         )
         if not inserted:

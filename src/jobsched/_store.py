@@ -327,14 +327,28 @@ class Store:
     def update_job(self, row: JobRow, values: dict[str, Any], now: datetime) -> bool:
         """Change a job row if it still has the version that was read.
 
+        A row that is running keeps its version, so that the owner's lease
+        renewals and its final write (fenced by owner and version) still match:
+        such a change only touches columns that the owner's writes leave alone
+        (schedule, arguments, options).
+
         Returns:
             Whether the row was changed (``False``: someone changed it first).
         """
         jobs = self.tables.jobs
+        running = row.status is JobState.RUNNING
         statement = (
             update(jobs)
-            .where(jobs.c.id == row.id, jobs.c.version == row.version)
-            .values(**values, version=jobs.c.version + 1, updated_at=now)
+            .where(
+                jobs.c.id == row.id,
+                jobs.c.version == row.version,
+                jobs.c.status == row.status.value,
+            )
+            .values(
+                **values,
+                version=jobs.c.version + (0 if running else 1),
+                updated_at=now,
+            )
         )
 
         return self.run(lambda: self.change(statement), f"updating job {row.name!r}")
