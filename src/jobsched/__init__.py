@@ -41,6 +41,8 @@ from ._models import Page as Page
 from ._models import RunInfo as RunInfo
 from ._models import RunOutcome as RunOutcome
 from ._models import RunResult as RunResult
+from ._runner import RunContext as RunContext
+from ._runner import current_run as current_run
 from ._scheduler import Scheduler as Scheduler
 from ._tables import SCHEMA_VERSION as SCHEMA_VERSION
 from ._tables import define_tables as define_tables
@@ -77,6 +79,7 @@ __all__ = [
     "OnceTrigger",
     "Overlap",
     "Page",
+    "RunContext",
     "RunEvent",
     "RunFailed",
     "RunInfo",
@@ -92,5 +95,6 @@ __all__ = [
     "SystemClock",
     "Trigger",
     "__version__",
+    "current_run",
     "define_tables",
 ]

@@ -166,7 +166,7 @@ def decide_end(spec: JobSpec | None, ended: Ended, now: datetime) -> Decision:
 
     Args:
         spec: The job as registered here, or ``None`` when this process does not
-            know it (then it is not retried).
+            know it (an abandoned run is then retried with the default wait).
         ended: The run that ended.
         now: The current time.
 
@@ -206,10 +206,10 @@ def decide_end(spec: JobSpec | None, ended: Ended, now: datetime) -> Decision:
 
 
 def _retryable(spec: JobSpec | None, error: BaseException | None) -> bool:
-    if spec is None:
-        return False
     if error is None:  # abandoned or timed out: the attempt counts, retry it
         return True
+    if spec is None:
+        return False
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         return False
     return isinstance(error, spec.retry_on)

@@ -16,18 +16,63 @@ Three ways to run a function:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import multiprocessing
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ._models import RunOutcome
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a job's function can learn about the run it is part of.
+
+    Attributes:
+        job: The job's name.
+        scheduled_for: The fire time being run (UTC).
+        attempt: 1 for the first try of that fire time, 2 for the first retry...
+        run_id: The key of the run's row in the history.
+    """
+
+    job: str
+    scheduled_for: datetime
+    attempt: int
+    run_id: int
+
+
+_current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+    "jobsched_current_run", default=None
+)
+
+
+def current_run() -> RunContext | None:
+    """Return the run that the calling code is part of, or ``None`` outside one.
+
+    Works in a job's function run inline or in a thread (with or without a
+    timeout); a function run with ``executor="process"`` gets ``None``.
+    """
+    return _current.get()
+
+
+@contextmanager
+def running_as(context: RunContext) -> Iterator[None]:
+    """Make :func:`current_run` return ``context`` inside the block."""
+    token = _current.set(context)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
 
 # How long a killed child process is given to go away before it is abandoned.
 KILL_GRACE = 5.0
@@ -121,8 +166,9 @@ def execute_with_timeout(
     """
     box: list[Execution] = []
     started = time.perf_counter()
+    context = contextvars.copy_context()  # current_run() inside the thread
     worker = threading.Thread(
-        target=lambda: box.append(execute(func, args, kwargs)),
+        target=lambda: box.append(context.run(execute, func, args, kwargs)),
         name=f"jobsched-run-{getattr(func, '__name__', 'job')}",
         daemon=True,
     )

@@ -27,9 +27,11 @@ from ._models import JobState, RunOutcome, RunResult
 from ._registry import JobSpec, Registry, decode_args
 from ._runner import (
     Execution,
+    RunContext,
     execute,
     execute_in_process,
     execute_with_timeout,
+    running_as,
 )
 from ._store import Claim, Decision, JobRow, RunEnd, Store
 
@@ -151,7 +153,11 @@ class RunningMixin:
             )
         )
         args, kwargs = decode_args(claim.args)
-        execution = self._execute(spec, args, kwargs)
+        context = RunContext(
+            claim.name, claim.scheduled_for, claim.attempt, claim.run_id
+        )
+        with running_as(context):
+            execution = self._execute(spec, args, kwargs)
         self._log_execution(claim, execution)
         self._finish(claim, spec, execution)
         result = RunResult(
@@ -321,7 +327,7 @@ class RunningMixin:
 
     def _recover_expired(self, now: datetime) -> None:
         """Recover running jobs whose owner stopped renewing the lease."""
-        for row in self.store.expired(self._registry.names(), now):
+        for row in self.store.expired(now, self.batch_size):
             if row.owner == self.owner:
                 continue  # our own run, alive: its lease keeper is late, not dead
             self.recover(row, now)

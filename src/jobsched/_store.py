@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -120,6 +120,13 @@ class Decision:
     missed_total: int = 0
     reason: str = ""
     error: str | None = None
+
+
+class _ClaimSettings(NamedTuple):
+    owner: str
+    now: datetime
+    lease: timedelta
+    decide: Callable[[JobRow], Decision]
 
 
 @dataclass(frozen=True)
@@ -263,8 +270,9 @@ class Store:
         """Return the earliest time at which this process has work.
 
         That is the earliest next run time of a scheduled job among
-        ``functions``, or the earliest lease expiry of a running one, in one
-        query that the due and lease indexes answer.
+        ``functions``, or the earliest lease expiry of any running job (any
+        process recovers any dead owner's run), in one query that the due and
+        lease indexes answer.
         """
         if not functions:
             return None
@@ -279,7 +287,6 @@ class Store:
         lease = (
             select(func.min(jobs.c.lease_until))
             .where(jobs.c.status == JobState.RUNNING.value)
-            .where(jobs.c.function.in_(sorted(functions)))
             .scalar_subquery()
         )
 
@@ -402,29 +409,78 @@ class Store:
         if locking:
             query = query.with_for_update(skip_locked=True)
 
+        settings = _ClaimSettings(owner, now, lease, decide)
+
         def work() -> list[Claim]:
             done: list[tuple[JobRow, Decision]] = []
-            if locking:
-                with self.engine.begin() as conn:
-                    rows = [self._row(r._mapping) for r in conn.execute(query)]
-                    claims = self._claim_rows(
-                        conn, rows, owner, now, lease, decide, done
-                    )
-            else:
-                # No row locks (SQLite): read first, then write in a transaction
-                # that starts with a write, so no read lock is ever upgraded.
-                with self.engine.connect() as conn:
-                    rows = [self._row(r._mapping) for r in conn.execute(query)]
-                with self.engine.begin() as conn:
-                    claims = self._claim_rows(
-                        conn, rows, owner, now, lease, decide, done
-                    )
+            rows: list[JobRow] = []
+            try:
+                claims = self._claim_batch(query, locking, settings, rows, done)
+            except exc.IntegrityError as error:
+                # A fire time that already has a run row must not block every
+                # other due job: redo the batch one job at a time.
+                logger.warning(
+                    "claim batch rejected by the run history: %s", error.orig
+                )
+                done.clear()
+                claims = [
+                    c for row in rows for c in self._claim_alone(row, settings, done)
+                ]
 
             if applied is not None:  # committed: report every decision that won
                 applied.extend(done)
             return claims
 
         return self.run(work, "claiming due jobs")
+
+    def _claim_batch(
+        self,
+        query: Any,
+        locking: bool,
+        settings: _ClaimSettings,
+        rows: list[JobRow],
+        done: list[tuple[JobRow, Decision]],
+    ) -> list[Claim]:
+        """Read due rows into ``rows`` and claim them in one transaction."""
+        if locking:
+            with self.engine.begin() as conn:
+                rows.extend(self._row(r._mapping) for r in conn.execute(query))
+                return self._claim_rows(conn, rows, *settings, done)
+
+        # No row locks (SQLite): read first, then write in a transaction that
+        # starts with a write, so no read lock is ever upgraded.
+        with self.engine.connect() as conn:
+            rows.extend(self._row(r._mapping) for r in conn.execute(query))
+        with self.engine.begin() as conn:
+            return self._claim_rows(conn, rows, *settings, done)
+
+    def _claim_alone(
+        self, row: JobRow, settings: _ClaimSettings, done: list[tuple[JobRow, Decision]]
+    ) -> list[Claim]:
+        """Claim one row; if its fire time already has a run row, skip that time."""
+        try:
+            with self.engine.begin() as conn:
+                return self._claim_rows(conn, [row], *settings, done)
+        except exc.IntegrityError:
+            pass
+
+        decision = settings.decide(row)
+        when = decision.run_for.isoformat() if decision.run_for else "?"
+        skip = Decision(
+            status=JobState.SCHEDULED if decision.next_run_at else JobState.DONE,
+            next_run_at=decision.next_run_at,
+            error=(
+                f"fire time {when} (attempt {decision.attempt}) already has a run; "
+                "skipped so that it does not run twice"
+            ),
+        )
+        logger.error("job %r: %s", row.name, skip.error)
+        owner, now, lease, _ = settings
+        with self.engine.begin() as conn:
+            won, _ = self._claim_one(conn, row, skip, owner, now, lease)
+        if won:
+            done.append((row, skip))
+        return []
 
     def _claim_rows(
         self,
@@ -700,17 +756,15 @@ class Store:
             jobs.c.version == claim.version,
         )
 
-    def expired(self, functions: Collection[str], now: datetime) -> list[JobRow]:
-        """Return running jobs among ``functions`` whose lease has expired."""
-        if not functions:
-            return []
-
+    def expired(self, now: datetime, limit: int) -> list[JobRow]:
+        """Return up to ``limit`` running jobs whose lease has expired."""
         jobs = self.tables.jobs
         query = (
             select(jobs)
             .where(jobs.c.status == JobState.RUNNING.value)
             .where(jobs.c.lease_until < now)
-            .where(jobs.c.function.in_(sorted(functions)))
+            .order_by(jobs.c.lease_until)
+            .limit(limit)
         )
 
         def work() -> list[JobRow]:
