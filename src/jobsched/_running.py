@@ -81,6 +81,10 @@ class RunningMixin:
             self._ensure_ready()
             self._flush_unwritten()
             cutoff = self.clock.now()
+            next_event = self.store.next_event(self._registry.names())
+            if next_event is None or next_event > cutoff:
+                return results  # one indexed query when nothing is due
+
             self._recover_expired(cutoff)
             while True:
                 claims = self._claim(cutoff, self.batch_size)
