@@ -16,7 +16,8 @@ from sqlalchemy import and_, delete, func, select, update
 from ._errors import ConfigurationError, JobNotFound, SchedulerStateError
 from ._models import JobInfo, JobState, RunInfo, RunOutcome
 from ._registry import decode_args
-from ._store import JobRow, Store
+from ._rows import JobRow
+from ._store import Store
 from ._triggers import Trigger, trigger_from_spec
 
 #: Page size of a listing when none is given.

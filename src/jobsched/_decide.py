@@ -18,7 +18,7 @@ from ._errors import JobschedError
 from ._models import JobOptions, JobState, RunOutcome
 from ._policy import Plan, plan_after_run, plan_due, retry_delay
 from ._registry import JobSpec, decode_args
-from ._store import Decision, JobRow
+from ._rows import Decision, JobRow
 from ._triggers import IntervalTrigger, OnceTrigger, Trigger, trigger_from_spec
 
 logger = logging.getLogger(__name__)

@@ -278,7 +278,7 @@ class Registry:
         """
         with self._lock:
             existing = self._jobs.get(spec.name)
-            if existing is not None and existing.func is not spec.func:
+            if existing is not None and existing.func != spec.func:
                 raise DuplicateJob(
                     f"the name is already registered for {existing.func!r}; "
                     "pass name=... to tell them apart",
@@ -301,6 +301,7 @@ class Registry:
     def name_of(self, func: Callable[..., Any]) -> str | None:
         """Return the name under which ``func`` is registered, if it is."""
         for spec in self._jobs.values():
-            if spec.func is func:
+            # == rather than "is": a bound method is a new object on every access.
+            if spec.func == func:
                 return spec.name
         return None

@@ -7,7 +7,9 @@ background workers: claim due jobs, run each with its executor, write its end
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ from ._events import (
 )
 from ._models import JobState, RunOutcome, RunResult
 from ._registry import JobSpec, Registry, decode_args
+from ._rows import Claim, Decision, JobRow, RunEnd
 from ._runner import (
     Execution,
     RunContext,
@@ -33,12 +36,15 @@ from ._runner import (
     execute_with_timeout,
     running_as,
 )
-from ._store import Claim, Decision, JobRow, RunEnd, Store
+from ._store import Store
 
 if TYPE_CHECKING:
     from ._worker import LeaseKeeper
 
 logger = logging.getLogger("jobsched._scheduler")
+
+# Longest time a run's end waits in the queue before run_pending() writes it.
+MAX_END_DELAY = 0.05
 
 
 class RunningMixin:
@@ -53,7 +59,8 @@ class RunningMixin:
     _leases: LeaseKeeper
     _events: EventBus
     _lock: Any
-    _unwritten: dict[tuple[int, int], tuple[Claim, RunEnd, Decision]]
+    _ends: list[tuple[Claim, RunEnd, Decision]]
+    _ends_since: float
 
     def _ensure_ready(self) -> None:
         raise NotImplementedError
@@ -79,7 +86,7 @@ class RunningMixin:
         results: list[RunResult] = []
         try:
             self._ensure_ready()
-            self._flush_unwritten()
+            self._write_ends()
             cutoff = self.clock.now()
             next_event = self.store.next_event(self._registry.names())
             if next_event is None or next_event > cutoff:
@@ -92,6 +99,7 @@ class RunningMixin:
                     break
                 with self._leases.keeping(claims):
                     self._run_batch(claims, results)
+                self._write_ends()
         except StoreError as error:
             logger.warning(
                 "run_pending: database unavailable, will try again: %s",
@@ -101,15 +109,24 @@ class RunningMixin:
         return results
 
     def _run_batch(self, claims: list[Claim], results: list[RunResult]) -> None:
-        """Run claims in order; if one stops the process, give the rest back."""
+        """Run claims in order; if one stops the process, give the rest back.
+
+        Ends are written together once the batch is done, or as soon as one has
+        waited :data:`MAX_END_DELAY`, so quick jobs share a transaction and slow
+        ones are recorded as they end.
+        """
         started = 0
         try:
             for claim in claims:
                 started += 1
-                results.append(self.run_claim(claim))
+                results.append(self._run_claim(claim))
+                if self._ends_waiting() >= MAX_END_DELAY:
+                    self._write_ends()
         except BaseException:
             for unstarted in claims[started:]:
                 self.store.release(unstarted, self.clock.now())
+            with contextlib.suppress(StoreError):
+                self._write_ends()
             raise
 
     def _claim(self, due_before: datetime, limit: int) -> list[Claim]:
@@ -133,7 +150,14 @@ class RunningMixin:
         return claims
 
     def run_claim(self, claim: Claim) -> RunResult:
-        """Run one claimed job and record how it ended (used by the workers)."""
+        """Run one claimed job and write how it ended before returning."""
+        try:
+            return self._run_claim(claim)
+        finally:
+            self._write_ends()
+
+    def _run_claim(self, claim: Claim) -> RunResult:
+        """Run one claimed job and queue how it ended (see :meth:`_record`)."""
         spec = self._registry.get(claim.function)
         logger.info(
             "running job %r (fire time %s, attempt %d)",
@@ -211,38 +235,63 @@ class RunningMixin:
         self._record(claim, end, decision)
 
     def _record(self, claim: Claim, end: RunEnd, decision: Decision) -> None:
-        """Write a run's end; if the database is down, keep it and try later.
+        """Queue a run's end to be written; its lease is kept until it is.
 
-        A result that cannot be written is kept in memory with its lease still
-        renewed, and written by the next poll that reaches the database, so a
-        run that happened is never recorded as abandoned merely because the
-        database was away when it ended.
+        The queue is written by :meth:`_write_ends`: by ``run_pending()`` after
+        each batch, and by the poller on every wake-up (a finishing worker wakes
+        it). A database failure keeps the ends queued, leases renewed, until a
+        later write succeeds, so a run that happened is never recorded as
+        abandoned merely because the database was away when it ended.
         """
-        # Renewing past this point would only race the write that ends the run.
+        self._leases.pin(claim)
         self._leases.discard(claim)
-        try:
-            written = self.store.finish(claim, end, decision)
-        except StoreError as error:
-            logger.warning(
-                "job %r: could not record its run yet, will retry: %s",
-                claim.name,
-                error,
-                extra={"jobsched": {"action": "record_deferred", "job": claim.name}},
-            )
-            with self._lock:
-                self._unwritten[(claim.job_id, claim.version)] = (claim, end, decision)
-            self._leases.pin(claim)
+        with self._lock:
+            if not self._ends:
+                self._ends_since = time.monotonic()
+            self._ends.append((claim, end, decision))
+
+    def _ends_count(self) -> int:
+        """How many run ends wait to be written."""
+        with self._lock:
+            return len(self._ends)
+
+    def _ends_waiting(self) -> float:
+        """Seconds the oldest queued end has waited (0 when none)."""
+        with self._lock:
+            return time.monotonic() - self._ends_since if self._ends else 0.0
+
+    def _write_ends(self) -> None:
+        """Write every queued run end in one transaction.
+
+        Raises:
+            StoreError: The database failed; the ends stay queued.
+        """
+        with self._lock:
+            endings, self._ends = self._ends, []
+        if not endings:
             return
 
-        if written:
-            self._announce_end(claim, end, decision)
-        else:
+        try:
+            written = self.store.finish_many(endings)
+        except StoreError:
+            with self._lock:
+                self._ends = endings + self._ends
             logger.warning(
-                "job %r: lost its claim while running (lease expired and another "
-                "process recovered it); its result was not recorded",
-                claim.name,
-                extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
+                "could not record %d run(s) yet; kept, will retry", len(endings)
             )
+            raise
+
+        for (claim, end, decision), ok in zip(endings, written, strict=True):
+            self._leases.unpin(claim)
+            if ok:
+                self._announce_end(claim, end, decision)
+            else:
+                logger.warning(
+                    "job %r: lost its claim while running (lease expired and "
+                    "another process recovered it); its result was not recorded",
+                    claim.name,
+                    extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
+                )
 
     def _announce_end(self, claim: Claim, end: RunEnd, decision: Decision) -> None:
         """Publish the events of a run whose end is committed."""
@@ -283,24 +332,6 @@ class RunningMixin:
                     reason=decision.reason,
                 )
             )
-
-    def _flush_unwritten(self) -> None:
-        """Write the run results that an earlier database failure held back."""
-        with self._lock:
-            pending = list(self._unwritten.items())
-        for key, (claim, end, decision) in pending:
-            written = self.store.finish(claim, end, decision)  # StoreError: later
-            with self._lock:
-                self._unwritten.pop(key, None)
-            self._leases.unpin(claim)
-            if written:
-                self._announce_end(claim, end, decision)
-            else:
-                logger.warning(
-                    "job %r: lost its claim before its result could be written",
-                    claim.name,
-                    extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
-                )
 
     def _log_execution(self, claim: Claim, execution: Execution) -> None:
         extra = {

@@ -21,6 +21,7 @@ from ._errors import (
     JobDefinitionError,
     JobNotFound,
     SchedulerStateError,
+    StoreError,
 )
 from ._events import (
     EventBus,
@@ -38,8 +39,9 @@ from ._registry import (
     default_name,
     encode_args,
 )
+from ._rows import Claim, Decision, RunEnd
 from ._running import RunningMixin
-from ._store import Claim, Decision, RunEnd, Store
+from ._store import Store
 from ._sync import Synchronizer
 from ._tables import DEFAULT_PREFIX, check_schema_version, define_tables
 from ._triggers import (
@@ -139,7 +141,9 @@ class Scheduler(RunningMixin, ManagementMixin):
         self._sync = Synchronizer(self.store, self.clock)
         self._leases = LeaseKeeper(self)
         self._poller: Poller | None = None
-        self._unwritten: dict[tuple[int, int], tuple[Claim, RunEnd, Decision]] = {}
+        # Ends of runs waiting to be written together (see RunningMixin).
+        self._ends: list[tuple[Claim, RunEnd, Decision]] = []
+        self._ends_since = 0.0
         self._events = EventBus()
 
     # -- registration ---------------------------------------------------------------
@@ -346,9 +350,17 @@ class Scheduler(RunningMixin, ManagementMixin):
         more jobs than it has free workers.
 
         Raises:
-            SchedulerStateError: It is already started.
+            SchedulerStateError: It is already started, or the tables do not
+                exist and ``create_tables`` is off.
+            SchemaVersionError: The tables were written by a newer jobsched.
         """
         self._check_fork()
+        try:
+            # Refuse at once what no retry can fix (no tables, newer schema).
+            self._ensure_ready()
+        except StoreError as error:
+            logger.warning("database not reachable yet, will keep trying: %s", error)
+
         with self._lock:
             if self._poller is not None and self._poller.is_alive():
                 raise SchedulerStateError("the scheduler is already started")

@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
     and_,
     bindparam,
-    case,
-    delete,
     exc,
     func,
     insert,
     literal_column,
     select,
-    true,
     update,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -45,6 +42,12 @@ from tenacity import (
 from ._errors import StoreError
 from ._models import JobState, RunOutcome
 from ._notify import channel_name
+from ._rows import Claim as Claim
+from ._rows import ClaimSettings as ClaimSettings
+from ._rows import Decision as Decision
+from ._rows import JobRow as JobRow
+from ._rows import RunEnd as RunEnd
+from ._store_end import EndingMixin
 from ._tables import Tables, create_tables
 
 logger = logging.getLogger(__name__)
@@ -76,90 +79,7 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """The columns of one job row that the scheduler decides from."""
-
-    id: int
-    name: str
-    function: str
-    trigger: str
-    args: str
-    options: str
-    status: JobState
-    next_run_at: datetime | None
-    scheduled_for: datetime | None
-    attempt: int
-    owner: str | None
-    lease_until: datetime | None
-    version: int
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to write for one job: a claim, a skip, or a completion.
-
-    Attributes:
-        status: The job's new state.
-        next_run_at: Its new next run time.
-        run_for: The fire time of the run being started (claims only).
-        attempt: The attempt number to store on the job.
-        scheduled_for: The fire time to store on the job (pending retry or run).
-        missed: Fire times to record as missed runs.
-        missed_total: How many fire times were missed in all.
-        reason: Why they were missed.
-        error: A reason stored on the job (broken rows, last failure).
-    """
-
-    status: JobState
-    next_run_at: datetime | None
-    run_for: datetime | None = None
-    attempt: int = 0
-    scheduled_for: datetime | None = None
-    missed: tuple[datetime, ...] = ()
-    missed_total: int = 0
-    reason: str = ""
-    error: str | None = None
-
-
-class _ClaimSettings(NamedTuple):
-    owner: str
-    now: datetime
-    lease: timedelta
-    decide: Callable[[JobRow], Decision]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A run this process has claimed and must finish (or lose to fencing)."""
-
-    job_id: int
-    name: str
-    function: str
-    trigger: str
-    args: str
-    options: str
-    owner: str
-    version: int
-    scheduled_for: datetime
-    attempt: int
-    started_at: datetime
-    run_id: int = 0
-
-
-@dataclass(frozen=True)
-class RunEnd:
-    """How a run ended, as written to its history row."""
-
-    outcome: RunOutcome
-    finished_at: datetime
-    error_type: str | None = None
-    error_message: str | None = None
-    traceback: str | None = None
-    duration: float = 0.0
-
-
-class Store:
+class Store(EndingMixin):
     """The only place that talks to the database.
 
     Args:
@@ -274,27 +194,27 @@ class Store:
         process recovers any dead owner's run), in one query that the due and
         lease indexes answer.
         """
-        if not functions:
-            return None
-
         jobs = self.tables.jobs
-        due = (
-            select(func.min(jobs.c.next_run_at))
-            .where(jobs.c.status == JobState.SCHEDULED.value)
-            .where(jobs.c.function.in_(sorted(functions)))
-            .scalar_subquery()
-        )
         lease = (
             select(func.min(jobs.c.lease_until))
             .where(jobs.c.status == JobState.RUNNING.value)
             .scalar_subquery()
         )
+        columns = [lease]
+        if functions:
+            due = (
+                select(func.min(jobs.c.next_run_at))
+                .where(jobs.c.status == JobState.SCHEDULED.value)
+                .where(jobs.c.function.in_(sorted(functions)))
+                .scalar_subquery()
+            )
+            columns.append(due)
 
         def work() -> datetime | None:
             with self.engine.connect() as conn:
-                first_due, first_expiry = conn.execute(select(due, lease)).one()
+                found = conn.execute(select(*columns)).one()
 
-            times = [t for t in (first_due, first_expiry) if t is not None]
+            times = [t for t in found if t is not None]
             return min(times) if times else None
 
         return self.run(work, "polling for due jobs")
@@ -409,7 +329,7 @@ class Store:
         if locking:
             query = query.with_for_update(skip_locked=True)
 
-        settings = _ClaimSettings(owner, now, lease, decide)
+        settings = ClaimSettings(owner, now, lease, decide)
 
         def work() -> list[Claim]:
             done: list[tuple[JobRow, Decision]] = []
@@ -437,7 +357,7 @@ class Store:
         self,
         query: Any,
         locking: bool,
-        settings: _ClaimSettings,
+        settings: ClaimSettings,
         rows: list[JobRow],
         done: list[tuple[JobRow, Decision]],
     ) -> list[Claim]:
@@ -455,7 +375,7 @@ class Store:
             return self._claim_rows(conn, rows, *settings, done)
 
     def _claim_alone(
-        self, row: JobRow, settings: _ClaimSettings, done: list[tuple[JobRow, Decision]]
+        self, row: JobRow, settings: ClaimSettings, done: list[tuple[JobRow, Decision]]
     ) -> list[Claim]:
         """Claim one row; if its fire time already has a run row, skip that time."""
         try:
@@ -664,11 +584,8 @@ class Store:
     ) -> bool:
         """Apply ``values`` to the one job row matching ``condition``, fenced."""
         jobs = self.tables.jobs
-        statement = (
-            update(jobs)
-            .where(condition)
-            .values(**values, version=jobs.c.version + 1, updated_at=now)
-        )
+        changes = {"version": jobs.c.version + 1, "updated_at": now, **values}
+        statement = update(jobs).where(condition).values(**changes)
         return conn.execute(statement).rowcount == 1
 
     @staticmethod
@@ -716,189 +633,6 @@ class Store:
                 for fire in decision.missed
             ],
         )
-
-    # -- leases -------------------------------------------------------------------
-
-    def renew(
-        self, claims: Collection[Claim], now: datetime, lease: timedelta
-    ) -> list[Claim]:
-        """Extend the leases of ``claims``.
-
-        Returns:
-            The claims whose lease could not be renewed because another process
-            recovered the job (this process has lost them).
-        """
-        if not claims:
-            return []
-
-        jobs = self.tables.jobs
-
-        def work() -> list[Claim]:
-            lost = []
-            with self.engine.begin() as conn:
-                for claim in claims:
-                    statement = (
-                        update(jobs)
-                        .where(*self._fence(claim))
-                        .values(lease_until=now + lease)
-                    )
-                    if conn.execute(statement).rowcount != 1:
-                        lost.append(claim)
-            return lost
-
-        return self.run(work, "renewing leases")
-
-    def _fence(self, claim: Claim) -> tuple[ColumnElement[bool], ...]:
-        jobs = self.tables.jobs
-        return (
-            jobs.c.id == claim.job_id,
-            jobs.c.owner == claim.owner,
-            jobs.c.version == claim.version,
-        )
-
-    def expired(self, now: datetime, limit: int) -> list[JobRow]:
-        """Return up to ``limit`` running jobs whose lease has expired."""
-        jobs = self.tables.jobs
-        query = (
-            select(jobs)
-            .where(jobs.c.status == JobState.RUNNING.value)
-            .where(jobs.c.lease_until < now)
-            .order_by(jobs.c.lease_until)
-            .limit(limit)
-        )
-
-        def work() -> list[JobRow]:
-            with self.engine.connect() as conn:
-                return [self._row(r._mapping) for r in conn.execute(query)]
-
-        return self.run(work, "looking for expired leases")
-
-    # -- finishing ------------------------------------------------------------------
-
-    def finish(self, claim: Claim, end: RunEnd, decision: Decision) -> bool:
-        """Record how a claimed run ended and move its job on, fenced by the claim.
-
-        Returns:
-            ``False`` when the claim had been lost (another process recovered the
-            job); then nothing is written.
-        """
-        jobs = self.tables.jobs
-        condition = and_(*self._fence(claim), jobs.c.status == JobState.RUNNING.value)
-        return self.run(
-            lambda: self._finish(condition, claim.job_id, claim, end, decision),
-            f"recording the run of job {claim.name!r}",
-        )
-
-    def abandon(
-        self, row: JobRow, now: datetime, end: RunEnd, decision: Decision
-    ) -> bool:
-        """Recover a running job whose lease expired, recording its run as ended.
-
-        Returns:
-            Whether this process recovered it (``False``: someone else did, or the
-            owner renewed its lease after all).
-        """
-        jobs = self.tables.jobs
-        condition = and_(
-            jobs.c.id == row.id,
-            jobs.c.version == row.version,
-            jobs.c.status == JobState.RUNNING.value,
-            jobs.c.lease_until < now,
-        )
-        slot = Claim(
-            job_id=row.id,
-            name=row.name,
-            function=row.function,
-            trigger=row.trigger,
-            args=row.args,
-            options=row.options,
-            owner=row.owner or "",
-            version=row.version,
-            scheduled_for=row.scheduled_for or now,
-            attempt=row.attempt,
-            started_at=now,
-        )
-        return self.run(
-            lambda: self._finish(condition, row.id, slot, end, decision),
-            f"recovering job {row.name!r}",
-        )
-
-    def _finish(
-        self,
-        condition: ColumnElement[bool],
-        job_id: int,
-        claim: Claim,
-        end: RunEnd,
-        decision: Decision,
-    ) -> bool:
-        jobs, runs = self.tables.jobs, self.tables.runs
-        status: Any = decision.status.value
-        if decision.status is JobState.SCHEDULED:
-            # pause() on a running job takes effect when its run ends.
-            status = case(
-                (jobs.c.paused == true(), JobState.PAUSED.value), else_=status
-            )
-        values: dict[str, Any] = {
-            "status": status,
-            "next_run_at": decision.next_run_at,
-            "scheduled_for": decision.scheduled_for,
-            "attempt": decision.attempt,
-            "owner": None,
-            "lease_until": None,
-            "last_outcome": end.outcome.value,
-            "missed_count": jobs.c.missed_count + decision.missed_total,
-            "error": decision.error,
-        }
-        with self.engine.begin() as conn:
-            if not self._set_if(conn, condition, values, end.finished_at):
-                return False
-
-            conn.execute(
-                update(runs)
-                .where(
-                    runs.c.job_id == job_id,
-                    runs.c.scheduled_for == claim.scheduled_for,
-                    runs.c.attempt == claim.attempt,
-                    runs.c.outcome == RunOutcome.RUNNING.value,
-                )
-                .values(
-                    outcome=end.outcome.value,
-                    finished_at=end.finished_at,
-                    error_type=end.error_type,
-                    error_message=end.error_message,
-                    traceback=end.traceback,
-                )
-            )
-            self._record_missed(conn, job_id, claim.name, decision, end.finished_at)
-        return True
-
-    def release(self, claim: Claim, now: datetime) -> bool:
-        """Give back a claimed run that never started, so any process runs it now."""
-        runs = self.tables.runs
-
-        def work() -> bool:
-            with self.engine.begin() as conn:
-                values = {
-                    "status": JobState.SCHEDULED.value,
-                    "next_run_at": claim.scheduled_for,
-                    "scheduled_for": claim.scheduled_for,
-                    "attempt": claim.attempt - 1,
-                    "owner": None,
-                    "lease_until": None,
-                }
-                if not self._set_if(conn, and_(*self._fence(claim)), values, now):
-                    return False
-
-                conn.execute(
-                    delete(runs).where(
-                        runs.c.job_id == claim.job_id,
-                        runs.c.scheduled_for == claim.scheduled_for,
-                        runs.c.attempt == claim.attempt,
-                    )
-                )
-            return True
-
-        return self.run(work, f"releasing job {claim.name!r}")
 
 
 def _server_now(dialect: str) -> ColumnElement[Any]:

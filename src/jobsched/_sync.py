@@ -20,7 +20,8 @@ from ._clock import Clock
 from ._decide import with_jitter
 from ._models import JobOptions, JobState
 from ._registry import JobSpec, encode_args
-from ._store import JobRow, Store
+from ._rows import JobRow
+from ._store import Store
 from ._triggers import IntervalTrigger, OnceTrigger, Trigger
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import StoreError
 from ._notify import Listener, can_listen
-from ._store import Claim
+from ._rows import Claim
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -167,9 +167,9 @@ class Poller:
             self._listener.stop()
         self._thread.join(max(deadline - time.monotonic(), 0))
 
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
+        with self._lock:  # before cancelling: a cancelled future leaves _running
             pending = dict(self._running)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for future, claim in pending.items():
             if future.cancelled():
                 self._release(claim)
@@ -180,6 +180,11 @@ class Poller:
                 break
             with suppress(Exception):  # timed out or cancelled: nothing to wait for
                 future.exception(timeout=remaining)
+
+        try:
+            self._scheduler._write_ends()
+        except StoreError as error:
+            logger.warning("stopping with run results not yet written: %s", error)
 
     def _release(self, claim: Claim) -> None:
         scheduler = self._scheduler
@@ -215,14 +220,16 @@ class Poller:
             self._wake.clear()
 
     def _free_workers(self) -> int:
+        """Workers neither running a job nor holding a run whose end is unwritten."""
+        unwritten = self._scheduler._ends_count()
         with self._lock:
-            return self._scheduler.max_workers - len(self._running)
+            return self._scheduler.max_workers - len(self._running) - unwritten
 
     def _tick(self) -> float:
         """Poll once; return how long to sleep before the next poll."""
         scheduler = self._scheduler
         scheduler._ensure_ready()
-        scheduler._flush_unwritten()
+        scheduler._write_ends()
         now = scheduler.clock.now()
         interval = scheduler.poll_interval
         next_event = scheduler.store.next_event(scheduler._registry.names())
@@ -254,7 +261,7 @@ class Poller:
     def _run(self, claim: Claim) -> object:
         scheduler = self._scheduler
         try:
-            return scheduler.run_claim(claim)
+            return scheduler._run_claim(claim)
         except (KeyboardInterrupt, SystemExit):
             logger.critical(
                 "job %r raised KeyboardInterrupt or SystemExit; the scheduler stops "
@@ -265,6 +272,10 @@ class Poller:
             raise
         finally:
             scheduler._leases.discard(claim)
+            if self._stopping.is_set():
+                # No poller is left to write this end: write it from here.
+                with suppress(StoreError):
+                    scheduler._write_ends()
 
     def _done(self, future: Future[object]) -> None:
         with self._lock:

@@ -1,0 +1,372 @@
+"""Store operations after a claim: leases, ends of runs, recovery and release.
+
+Every write here is fenced: by the claim's owner and version for the owner's
+own writes, by the version and an expired lease for a recovery. Ends of runs are
+written in batches: one transaction sends each run's fenced ``UPDATE``, then
+reads back which of them took effect (their new version), and only for
+those writes the history rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    delete,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from ._models import JobState, RunOutcome
+from ._rows import Claim, Decision, JobRow, RunEnd
+
+if TYPE_CHECKING:
+    from ._tables import Tables
+
+logger = logging.getLogger("jobsched._store")
+
+T = TypeVar("T")
+
+# How far a recovery advances a job's version: by more than the owner's own end
+# does, so that reading the version back tells the two apart.
+RECOVERY_VERSION_STEP = 2
+
+#: One finished run waiting to be written: the claim, how it ended, what next.
+Ending = tuple[Claim, RunEnd, Decision]
+
+
+class EndingMixin:
+    """The part of :class:`~jobsched._store.Store` that ends runs."""
+
+    engine: Engine
+    tables: Tables
+
+    def run(self, work: Callable[[], T], what: str) -> T:
+        raise NotImplementedError
+
+    def _row(self, mapping: Any) -> JobRow:
+        raise NotImplementedError
+
+    def _set_if(
+        self,
+        conn: Connection,
+        condition: ColumnElement[bool],
+        values: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        raise NotImplementedError
+
+    def _record_missed(
+        self,
+        conn: Connection,
+        job_id: int,
+        name: str,
+        decision: Decision,
+        now: datetime,
+    ) -> None:
+        raise NotImplementedError
+
+    # -- leases -------------------------------------------------------------------
+
+    def renew(
+        self, claims: Collection[Claim], now: datetime, lease: timedelta
+    ) -> list[Claim]:
+        """Extend the leases of ``claims``.
+
+        Returns:
+            The claims whose lease could not be renewed because another process
+            recovered the job (this process has lost them).
+        """
+        if not claims:
+            return []
+
+        jobs = self.tables.jobs
+
+        def work() -> list[Claim]:
+            lost = []
+            with self.engine.begin() as conn:
+                for claim in claims:
+                    statement = (
+                        update(jobs)
+                        .where(*self._fence(claim))
+                        .values(lease_until=now + lease)
+                    )
+                    if conn.execute(statement).rowcount != 1:
+                        lost.append(claim)
+            return lost
+
+        return self.run(work, "renewing leases")
+
+    def _fence(self, claim: Claim) -> tuple[ColumnElement[bool], ...]:
+        jobs = self.tables.jobs
+        return (
+            jobs.c.id == claim.job_id,
+            jobs.c.owner == claim.owner,
+            jobs.c.version == claim.version,
+        )
+
+    def expired(self, now: datetime, limit: int) -> list[JobRow]:
+        """Return up to ``limit`` running jobs whose lease has expired."""
+        jobs = self.tables.jobs
+        query = (
+            select(jobs)
+            .where(jobs.c.status == JobState.RUNNING.value)
+            .where(jobs.c.lease_until < now)
+            .order_by(jobs.c.lease_until)
+            .limit(limit)
+        )
+
+        def work() -> list[JobRow]:
+            with self.engine.connect() as conn:
+                return [self._row(r._mapping) for r in conn.execute(query)]
+
+        return self.run(work, "looking for expired leases")
+
+    # -- finishing ------------------------------------------------------------------
+
+    def finish(self, claim: Claim, end: RunEnd, decision: Decision) -> bool:
+        """Record how one claimed run ended; see :meth:`finish_many`."""
+        return self.finish_many([(claim, end, decision)])[0]
+
+    def finish_many(self, endings: Sequence[Ending]) -> list[bool]:
+        """Record how claimed runs ended and move their jobs on, in one transaction.
+
+        Each job row changes only if it still carries the claim's owner and
+        version (fencing); a claim that was lost (its lease expired and another
+        process recovered the job) writes nothing.
+
+        Returns:
+            For each ending, whether it was written.
+        """
+        if not endings:
+            return []
+        return self.run(
+            lambda: self._finish_many(endings),
+            f"recording {len(endings)} run(s)",
+        )
+
+    def _finish_many(self, endings: Sequence[Ending]) -> list[bool]:
+        jobs = self.tables.jobs
+        with self.engine.begin() as conn:
+            conn.execute(self._end_statement(), [_job_params(e) for e in endings])
+
+            # Which of them took effect: the row has the version our write gave
+            # it (a recovery by another process gives another). Never taken
+            # from a row count.
+            check = select(jobs.c.id, jobs.c.version, jobs.c.owner).where(
+                jobs.c.id.in_({claim.job_id for claim, _, _ in endings})
+            )
+            now_held = {
+                key: (version, owner) for key, version, owner in conn.execute(check)
+            }
+            written = [
+                now_held.get(claim.job_id) == (claim.version + 1, None)
+                for claim, _, _ in endings
+            ]
+
+            done = [e for e, ok in zip(endings, written, strict=True) if ok]
+            if done:
+                conn.execute(self._run_end_statement(), [_run_params(e) for e in done])
+            for claim, end, decision in done:
+                self._record_missed(
+                    conn, claim.job_id, claim.name, decision, end.finished_at
+                )
+        return written
+
+    def _end_statement(self) -> Any:
+        """The fenced ``UPDATE`` that ends one run, with bound parameters."""
+        jobs = self.tables.jobs
+        scheduled = bindparam("b_status") == JobState.SCHEDULED.value
+        # pause() on a running job takes effect when its run ends.
+        status = case(
+            (and_(scheduled, jobs.c.paused == true()), JobState.PAUSED.value),
+            else_=bindparam("b_status"),
+        )
+        return (
+            update(jobs)
+            .where(
+                jobs.c.id == bindparam("b_id"),
+                jobs.c.owner == bindparam("b_owner"),
+                jobs.c.version == bindparam("b_version"),
+                jobs.c.status == JobState.RUNNING.value,
+            )
+            .values(
+                status=status,
+                next_run_at=bindparam("b_next"),
+                scheduled_for=bindparam("b_for"),
+                attempt=bindparam("b_attempt"),
+                owner=None,
+                lease_until=None,
+                last_outcome=bindparam("b_outcome"),
+                missed_count=jobs.c.missed_count + bindparam("b_missed"),
+                error=bindparam("b_error"),
+                version=jobs.c.version + 1,
+                updated_at=bindparam("b_now"),
+            )
+        )
+
+    def _run_end_statement(self) -> Any:
+        runs = self.tables.runs
+        return (
+            update(runs)
+            .where(
+                runs.c.job_id == bindparam("b_job"),
+                runs.c.scheduled_for == bindparam("b_for"),
+                runs.c.attempt == bindparam("b_attempt"),
+                runs.c.outcome == RunOutcome.RUNNING.value,
+            )
+            .values(
+                outcome=bindparam("b_outcome"),
+                finished_at=bindparam("b_now"),
+                error_type=bindparam("b_type"),
+                error_message=bindparam("b_message"),
+                traceback=bindparam("b_traceback"),
+            )
+        )
+
+    def abandon(
+        self,
+        row: JobRow,
+        now: datetime,
+        end: RunEnd,
+        decision: Decision,
+    ) -> bool:
+        """Recover a running job whose lease expired, recording its run as ended.
+
+        A recovery advances the row's version by two, which tells it apart from
+        the lost owner's own end (one) when ends are read back after a batch
+        write.
+
+        Returns:
+            Whether this process recovered it (``False``: someone else did, or the
+            owner renewed its lease after all).
+        """
+        jobs = self.tables.jobs
+        condition = and_(
+            jobs.c.id == row.id,
+            jobs.c.version == row.version,
+            jobs.c.status == JobState.RUNNING.value,
+            jobs.c.lease_until < now,
+        )
+        slot = Claim(
+            job_id=row.id,
+            name=row.name,
+            function=row.function,
+            trigger=row.trigger,
+            args=row.args,
+            options=row.options,
+            owner=row.owner or "",
+            version=row.version,
+            scheduled_for=row.scheduled_for or now,
+            attempt=row.attempt,
+            started_at=now,
+        )
+        return self.run(
+            lambda: self._abandon(condition, slot, end, decision),
+            f"recovering job {row.name!r}",
+        )
+
+    def _abandon(
+        self,
+        condition: ColumnElement[bool],
+        slot: Claim,
+        end: RunEnd,
+        decision: Decision,
+    ) -> bool:
+        jobs = self.tables.jobs
+        values: dict[str, Any] = {
+            "status": _status_after(decision, jobs),
+            "next_run_at": decision.next_run_at,
+            "scheduled_for": decision.scheduled_for,
+            "attempt": decision.attempt,
+            "owner": None,
+            "lease_until": None,
+            "version": jobs.c.version + RECOVERY_VERSION_STEP,
+            "last_outcome": end.outcome.value,
+            "missed_count": jobs.c.missed_count + decision.missed_total,
+            "error": decision.error,
+        }
+        with self.engine.begin() as conn:
+            if not self._set_if(conn, condition, values, end.finished_at):
+                return False
+
+            ending = (slot, end, decision)
+            conn.execute(self._run_end_statement(), [_run_params(ending)])
+            self._record_missed(conn, slot.job_id, slot.name, decision, end.finished_at)
+        return True
+
+    def release(self, claim: Claim, now: datetime) -> bool:
+        """Give back a claimed run that never started, so any process runs it now."""
+        runs = self.tables.runs
+
+        def work() -> bool:
+            with self.engine.begin() as conn:
+                values = {
+                    "status": JobState.SCHEDULED.value,
+                    "next_run_at": claim.scheduled_for,
+                    "scheduled_for": claim.scheduled_for,
+                    "attempt": claim.attempt - 1,
+                    "owner": None,
+                    "lease_until": None,
+                }
+                if not self._set_if(conn, and_(*self._fence(claim)), values, now):
+                    return False
+
+                conn.execute(
+                    delete(runs).where(
+                        runs.c.job_id == claim.job_id,
+                        runs.c.scheduled_for == claim.scheduled_for,
+                        runs.c.attempt == claim.attempt,
+                    )
+                )
+            return True
+
+        return self.run(work, f"releasing job {claim.name!r}")
+
+
+def _status_after(decision: Decision, jobs: Any) -> Any:
+    """The new status: a job paused while it ran becomes paused, not scheduled."""
+    if decision.status is not JobState.SCHEDULED:
+        return decision.status.value
+    return case((jobs.c.paused == true(), JobState.PAUSED.value), else_="scheduled")
+
+
+def _job_params(ending: Ending) -> dict[str, Any]:
+    claim, end, decision = ending
+    return {
+        "b_id": claim.job_id,
+        "b_owner": claim.owner,
+        "b_version": claim.version,
+        "b_status": decision.status.value,
+        "b_next": decision.next_run_at,
+        "b_for": decision.scheduled_for,
+        "b_attempt": decision.attempt,
+        "b_outcome": end.outcome.value,
+        "b_missed": decision.missed_total,
+        "b_error": decision.error,
+        "b_now": end.finished_at,
+    }
+
+
+def _run_params(ending: Ending) -> dict[str, Any]:
+    claim, end, _ = ending
+    return {
+        "b_job": claim.job_id,
+        "b_for": claim.scheduled_for,
+        "b_attempt": claim.attempt,
+        "b_outcome": end.outcome.value,
+        "b_now": end.finished_at,
+        "b_type": end.error_type,
+        "b_message": end.error_message,
+        "b_traceback": end.traceback,
+    }
