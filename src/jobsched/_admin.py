@@ -168,21 +168,38 @@ class Admin:
                 "failed job can be run now"
             )
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, now: datetime) -> None:
         """Delete a job's row; its run history stays.
 
-        A run in progress finishes, but its result is not written back.
+        A run in progress is recorded as abandoned in the same transaction: it
+        may finish, but its result has no job to move on and is not written.
 
         Raises:
             JobNotFound: There is no such job.
         """
-        jobs = self.jobs
+        jobs, runs = self.jobs, self.runs
 
         def work() -> bool:
             with self.store.engine.begin() as conn:
-                return (
-                    conn.execute(delete(jobs).where(jobs.c.name == name)).rowcount == 1
+                found = conn.execute(
+                    select(jobs.c.id).where(jobs.c.name == name)
+                ).scalar()
+                if found is None:
+                    return False
+                conn.execute(
+                    update(runs)
+                    .where(
+                        runs.c.job_id == found,
+                        runs.c.outcome == RunOutcome.RUNNING.value,
+                    )
+                    .values(
+                        outcome=RunOutcome.ABANDONED.value,
+                        finished_at=now,
+                        error_message="the job was removed while this run was going",
+                    )
                 )
+                conn.execute(delete(jobs).where(jobs.c.id == found))
+            return True
 
         if not self.store.run(work, f"removing job {name!r}"):
             raise JobNotFound(name)

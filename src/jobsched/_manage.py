@@ -8,11 +8,16 @@ from zoneinfo import ZoneInfo
 
 from ._admin import DEFAULT_PAGE_SIZE, Admin, check_page_size, job_info
 from ._clock import Clock
-from ._decide import parse_row, with_jitter
-from ._errors import ConfigurationError, JobNotFound
+from ._decide import Parsed, parse_row, with_jitter
+from ._errors import (
+    ConfigurationError,
+    JobschedError,
+    SchedulerStateError,
+)
 from ._events import Event, EventBus
 from ._models import JobInfo, JobState, Page, RunInfo
 from ._registry import Registry, as_delta
+from ._rows import JobRow
 from ._sync import Synchronizer
 from ._triggers import CronTrigger, OnceTrigger, Trigger, preview
 
@@ -98,7 +103,7 @@ class ManagementMixin:
         """Resume a paused job from its next fire time after now."""
         self._ensure_ready()
         row, _ = self._admin.get_full(name)
-        trigger = parse_row(row.trigger, row.options, row.args).trigger
+        trigger = _usable(row).trigger
         now = self.clock.now()
         first = row.next_run_at if isinstance(trigger, OnceTrigger) else None
         later = with_jitter(trigger, name, trigger.next_after(now))
@@ -118,7 +123,7 @@ class ManagementMixin:
         it registered; remove it from the code as well.
         """
         self._ensure_ready()
-        self._admin.remove(name)
+        self._admin.remove(name, self.clock.now())
 
     def runs(
         self,
@@ -177,17 +182,29 @@ class ManagementMixin:
             Aware datetimes, strictly increasing.
 
         Raises:
-            JobNotFound: No job of that name, or it has no schedule.
+            JobNotFound: No job of that name.
+            SchedulerStateError: The job's stored schedule is broken.
         """
-        trigger = job if not isinstance(job, str) else self.get_job(job).trigger
-        if trigger is None:
-            raise JobNotFound(str(job))
+        if isinstance(job, str):
+            self._ensure_ready()
+            row, _ = self._admin.get_full(job)
+            trigger: Trigger = _usable(row).trigger
+        else:
+            trigger = job
 
         times = preview(self._sync.resolve(trigger), self.clock.now(), count)
         if local and isinstance(trigger, CronTrigger):
             zone = ZoneInfo(trigger.timezone)
             return [moment.astimezone(zone) for moment in times]
         return times
+
+
+def _usable(row: JobRow) -> Parsed:
+    """Decode a stored row, or say plainly that it is broken."""
+    try:
+        return parse_row(row.trigger, row.options, row.args)
+    except (ValueError, JobschedError) as error:
+        raise SchedulerStateError(f"job {row.name!r} is broken: {error}") from error
 
 
 def _state(status: JobState | str | None) -> JobState | None:

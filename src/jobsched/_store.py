@@ -424,7 +424,7 @@ class Store(EndingMixin):
             if claim is not None:
                 claims.append(claim)
 
-        return claims
+        return sorted(claims, key=lambda claim: claim.scheduled_for)
 
     def _claim_plain(
         self,
