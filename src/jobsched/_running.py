@@ -363,8 +363,8 @@ class RunningMixin:
     def _recover_expired(self, now: datetime) -> None:
         """Recover running jobs whose owner stopped renewing the lease."""
         for row in self.store.expired(now, self.batch_size):
-            if row.owner == self.owner:
-                continue  # our own run, alive: its lease keeper is late, not dead
+            if self._leases.holds(row.id, row.version):
+                continue  # our own live run: its renewal is late, not dead
             self.recover(row, now)
 
     def recover(self, row: JobRow, now: datetime) -> None:

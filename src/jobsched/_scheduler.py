@@ -26,6 +26,7 @@ from ._errors import (
 from ._events import (
     EventBus,
 )
+from ._forksafe import protect
 from ._manage import ManagementMixin
 from ._models import (
     Misfire,
@@ -123,6 +124,7 @@ class Scheduler(RunningMixin, ManagementMixin):
         _check_positive(lease=lease_delta.total_seconds())
 
         self.engine = engine
+        protect(engine)
         self.tables = define_tables(table_prefix)
         self.store = Store(engine, self.tables)
         self._admin = Admin(self.store)

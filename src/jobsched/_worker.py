@@ -71,6 +71,18 @@ class LeaseKeeper:
             )
             self._thread.start()
 
+    def holds(self, job_id: int, version: int) -> bool:
+        """Whether this process holds (and renews) the claim of that row version."""
+        key = (job_id, version)
+        with self._lock:
+            return key in self._claims or key in self._pinned
+
+    def release_all_pinned(self) -> list[Claim]:
+        """Stop renewing every pinned claim (their ends could not be written)."""
+        with self._lock:
+            pinned, self._pinned = list(self._pinned.values()), {}
+        return pinned
+
     def discard(self, claim: Claim) -> None:
         """Stop renewing the lease of ``claim``."""
         with self._lock:
@@ -185,7 +197,15 @@ class Poller:
         try:
             self._scheduler._write_ends()
         except StoreError as error:
-            logger.warning("stopping with run results not yet written: %s", error)
+            # Nobody is left to retry: let the leases lapse so that another
+            # process recovers these runs, instead of holding them forever.
+            lapsed = self._scheduler._leases.release_all_pinned()
+            logger.warning(
+                "stopping with %d run result(s) not written (%s); their leases "
+                "will lapse and another process will recover them as abandoned",
+                len(lapsed),
+                error,
+            )
 
     def _release(self, claim: Claim) -> None:
         scheduler = self._scheduler
