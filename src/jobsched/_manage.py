@@ -159,10 +159,10 @@ class ManagementMixin:
         Returns:
             How many runs were deleted.
         """
-        if keep is not None and keep < 1:
+        if keep is not None and (isinstance(keep, bool) or keep < 1):
             raise ConfigurationError(f"keep must be at least 1, got {keep!r}")
+        age = _age(older_than)
         self._ensure_ready()
-        age = as_delta(older_than, "older_than")
         cutoff = self.clock.now() - age if age is not None else None
         return self._admin.prune_runs(cutoff, keep)
 
@@ -185,6 +185,10 @@ class ManagementMixin:
             JobNotFound: No job of that name.
             SchedulerStateError: The job's stored schedule is broken.
         """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigurationError(
+                f"count must be a whole number >= 0, got {count!r}"
+            )
         if isinstance(job, str):
             self._ensure_ready()
             row, _ = self._admin.get_full(job)
@@ -197,6 +201,17 @@ class ManagementMixin:
             zone = ZoneInfo(trigger.timezone)
             return [moment.astimezone(zone) for moment in times]
         return times
+
+
+def _age(older_than: float | timedelta | None) -> timedelta | None:
+    """Validate a pruning age."""
+    try:
+        age = as_delta(older_than, "older_than")
+    except (JobschedError, TypeError) as error:
+        raise ConfigurationError(f"older_than must be a duration: {error}") from None
+    if age is not None and age < timedelta(0):
+        raise ConfigurationError(f"older_than must not be negative, got {older_than!r}")
+    return age
 
 
 def _usable(row: JobRow) -> Parsed:

@@ -287,8 +287,9 @@ class RunningMixin:
                 self._announce_end(claim, end, decision)
             else:
                 logger.warning(
-                    "job %r: lost its claim while running (lease expired and "
-                    "another process recovered it); its result was not recorded",
+                    "job %r: lost its claim while running (its lease expired and "
+                    "another process recovered it, or the job was removed); its "
+                    "result was not recorded",
                     claim.name,
                     extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
                 )

@@ -72,11 +72,13 @@ def _owner_token() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def _check_positive(**values: float) -> None:
-    """Reject a scheduler option that is not a positive number."""
+def _check_positive(*, whole: bool = False, **values: float) -> None:
+    """Reject a scheduler option that is not a positive (whole) number."""
+    kinds = (int,) if whole else (int, float)
+    what = "a positive whole number" if whole else "a positive number"
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+            raise ConfigurationError(f"{name} must be {what}, got {value!r}")
 
 
 class Scheduler(RunningMixin, ManagementMixin):
@@ -116,7 +118,7 @@ class Scheduler(RunningMixin, ManagementMixin):
         batch_size: int = DEFAULT_BATCH,
         create_tables: bool = True,
     ) -> None:
-        _check_positive(max_workers=max_workers, batch_size=batch_size)
+        _check_positive(whole=True, max_workers=max_workers, batch_size=batch_size)
         _check_positive(poll_interval=poll_interval)
         lease_delta = (
             lease if isinstance(lease, timedelta) else timedelta(seconds=lease)

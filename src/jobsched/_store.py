@@ -166,7 +166,7 @@ class Store(EndingMixin):
             trigger=mapping["trigger"],
             args=mapping["args"],
             options=mapping["options"],
-            status=JobState(mapping["status"]),
+            status=_state(mapping["status"]),
             next_run_at=mapping["next_run_at"],
             scheduled_for=mapping["scheduled_for"],
             attempt=mapping["attempt"],
@@ -611,6 +611,21 @@ class Store(EndingMixin):
         if not decision.missed:
             return
 
+        # A retry after a commit whose reply was lost may record them again.
+        runs = self.tables.runs
+        recorded = set(
+            conn.execute(
+                select(runs.c.scheduled_for).where(
+                    runs.c.job_id == job_id,
+                    runs.c.attempt == 0,
+                    runs.c.scheduled_for.in_(decision.missed),
+                )
+            ).scalars()
+        )
+        missed = [fire for fire in decision.missed if fire not in recorded]
+        if not missed:
+            return
+
         logger.info(
             "job %r missed %d fire time(s): %s",
             name,
@@ -630,9 +645,17 @@ class Store(EndingMixin):
                     "outcome": RunOutcome.MISSED.value,
                     "error_message": decision.reason,
                 }
-                for fire in decision.missed
+                for fire in missed
             ],
         )
+
+
+def _state(value: str) -> JobState:
+    """Read a stored status; one this version does not know counts as broken."""
+    try:
+        return JobState(value)
+    except ValueError:
+        return JobState.BROKEN
 
 
 def _server_now(dialect: str) -> ColumnElement[Any]:

@@ -143,7 +143,7 @@ class Synchronizer:
             values["options"] = options_text
         if row.function != spec.name:
             values["function"] = spec.name
-        if same_schedule(trigger, row.trigger):
+        if same_schedule(trigger, row.trigger) and row.status is not JobState.BROKEN:
             return values
 
         resolved = self.resolve(trigger)
