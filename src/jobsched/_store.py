@@ -191,8 +191,18 @@ class Store(EndingMixin):
 
         That is the earliest next run time of a scheduled job among
         ``functions``, or the earliest lease expiry of any running job (any
-        process recovers any dead owner's run), in one query that the due and
-        lease indexes answer.
+        process recovers any dead owner's run); see :meth:`next_events`.
+        """
+        times = [t for t in self.next_events(functions) if t is not None]
+        return min(times) if times else None
+
+    def next_events(
+        self, functions: Collection[str]
+    ) -> tuple[datetime | None, datetime | None]:
+        """Return the earliest due time and the earliest lease expiry.
+
+        The due time is among jobs of ``functions``; the lease expiry among all
+        running jobs. One query, answered by the due and lease indexes.
         """
         jobs = self.tables.jobs
         lease = (
@@ -200,22 +210,18 @@ class Store(EndingMixin):
             .where(jobs.c.status == JobState.RUNNING.value)
             .scalar_subquery()
         )
-        columns = [lease]
-        if functions:
-            due = (
-                select(func.min(jobs.c.next_run_at))
-                .where(jobs.c.status == JobState.SCHEDULED.value)
-                .where(jobs.c.function.in_(sorted(functions)))
-                .scalar_subquery()
-            )
-            columns.append(due)
+        due = (
+            select(func.min(jobs.c.next_run_at))
+            .where(jobs.c.status == JobState.SCHEDULED.value)
+            .where(jobs.c.function.in_(sorted(functions)))
+            .scalar_subquery()
+        )
+        columns = [due, lease] if functions else [lease]
 
-        def work() -> datetime | None:
+        def work() -> tuple[datetime | None, datetime | None]:
             with self.engine.connect() as conn:
-                found = conn.execute(select(*columns)).one()
-
-            times = [t for t in found if t is not None]
-            return min(times) if times else None
+                found = tuple(conn.execute(select(*columns)).one())
+            return (found[0], found[1]) if functions else (None, found[0])
 
         return self.run(work, "polling for due jobs")
 

@@ -151,6 +151,9 @@ class Poller:
             target=self._loop, name="jobsched-poller", daemon=True
         )
         self._listener: Listener | None = None
+        # The last round claimed as many jobs as it had free workers.
+        self._saturated = False
+        self._last_poll = 0.0
         if can_listen(scheduler.engine):
             self._listener = Listener(
                 scheduler.engine, scheduler.store.channel, self.wake
@@ -247,21 +250,30 @@ class Poller:
             return self._scheduler.max_workers - len(self._running) - unwritten
 
     def _tick(self) -> float:
-        """Poll once; return how long to sleep before the next poll."""
+        """Poll once; return how long to sleep before the next poll.
+
+        After a round that filled every free worker, the next round claims at
+        once without the poll query (the claim itself says whether more is
+        due), but the poll query, which also finds expired leases, still runs at
+        least once per poll interval.
+        """
         scheduler = self._scheduler
         scheduler._ensure_ready()
         scheduler._write_ends()
         now = scheduler.clock.now()
         interval = scheduler.poll_interval
-        next_event = scheduler.store.next_event(scheduler._registry.names())
-        if next_event is None or next_event > now:
-            logger.debug("nothing due; sleeping")
-            wait = (
-                interval if next_event is None else (next_event - now).total_seconds()
-            )
-            return min(max(wait, 0.0), interval)
+        polled_long_ago = time.monotonic() - self._last_poll >= interval
+        if not self._saturated or polled_long_ago:
+            self._last_poll = time.monotonic()
+            due, expiry = scheduler.store.next_events(scheduler._registry.names())
+            if expiry is not None and expiry <= now:
+                scheduler._recover_expired(now)
+            if due is None or due > now:
+                logger.debug("nothing due; sleeping")
+                soonest = min((t for t in (due, expiry) if t is not None), default=None)
+                wait = interval if soonest is None else (soonest - now).total_seconds()
+                return min(max(wait, 0.0), interval)
 
-        scheduler._recover_expired(now)
         free = self._free_workers()
         if free <= 0:
             return interval  # a finishing worker wakes the poller
@@ -271,6 +283,7 @@ class Poller:
         for claim in claims:
             self._submit(claim)
 
+        self._saturated = len(claims) == free
         return 0.0 if claims else CONTENDED_DELAY
 
     def _submit(self, claim: Claim) -> None:
