@@ -205,6 +205,8 @@ class Suite:
                 f"lateness/{processes}",
                 f"lateness, {self.plan.tick_jobs} jobs every 1 s, {processes} "
                 "idle process(es), PostgreSQL",
+                # A worker free for every due job: the process is idle and
+                # waiting, as the target describes, not working off a queue.
                 lambda p=processes: lateness(
                     db,
                     p,
@@ -212,6 +214,7 @@ class Suite:
                     1.0,
                     self.plan.lateness_window,
                     self.log,
+                    max_workers=self.plan.tick_jobs,
                 ),
             )
             if result:
