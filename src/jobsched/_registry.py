@@ -20,6 +20,8 @@ from ._triggers import CronTrigger, IntervalTrigger, OnceTrigger, Trigger
 
 # Longest job name, so that names fit the indexed column on every database.
 MAX_NAME_LENGTH = 191
+# How much of a rejected argument's repr an error message shows.
+MAX_SHOWN_VALUE = 60
 # The exception types that are never treated as a job's failure.
 NEVER_CAUGHT = (KeyboardInterrupt, SystemExit)
 
@@ -101,7 +103,10 @@ def _json_problem(value: Any, path: str) -> str | None:
             if problem:
                 return problem
         return None
-    return f"{path} is a {type(value).__name__} ({value!r:.60}), not a JSON value"
+    shown = repr(value)
+    if len(shown) > MAX_SHOWN_VALUE:
+        shown = shown[: MAX_SHOWN_VALUE - 1] + "…"
+    return f"{path} is a {type(value).__name__} ({shown}), not a JSON value"
 
 
 def encode_args(job: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
@@ -123,7 +128,7 @@ def encode_args(job: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str
     if problem:
         raise InvalidArguments(
             f"arguments must be JSON values: {problem}; convert it before "
-            "passing it (for example a datetime to an ISO string)",
+            "passing it (a datetime to an ISO string, a set to a list...)",
             job=job,
         )
     return json.dumps(

@@ -280,7 +280,8 @@ class Scheduler(RunningMixin, ManagementMixin):
         job_name = name or f"{function}@{uuid.uuid4().hex[:16]}"
         check_name(job_name)
         try:
-            text = encode_args(job_name, args, dict(kwargs or {}))
+            # Name the function (or the given name), not a generated one.
+            text = encode_args(name or function, args, dict(kwargs or {}))
             self._ensure_ready()
             trigger = OnceTrigger(at if at is not None else self.clock.now())
         except JobDefinitionError as error:
@@ -328,8 +329,7 @@ class Scheduler(RunningMixin, ManagementMixin):
         with self._lock:
             if os.getpid() == self._pid:
                 return
-            # Sockets inherited from the parent must never be used by the child.
-            self.engine.dispose(close=False)
+            # The engine's pool refuses the parent's connections (see _forksafe).
             self._pid = os.getpid()
             self.owner = _owner_token()
             self._leases = LeaseKeeper(self)

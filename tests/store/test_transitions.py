@@ -298,6 +298,7 @@ def test_an_owner_never_recovers_its_own_live_run(
     owner._ensure_ready()
     clock.set(T0 + MINUTE)
     (claimed,) = claim(owner)
+    owner._leases.add([claimed])  # held and renewed, as every real run is
 
     clock.advance(31)
     owner.run_pending()
@@ -305,6 +306,22 @@ def test_an_owner_never_recovers_its_own_live_run(
     assert job_row(owner, "tick")["owner"] == owner.owner
     assert owner.run_claim(claimed).outcome is RunOutcome.SUCCEEDED
     assert [r["outcome"] for r in run_rows(owner, "tick")] == ["succeeded"]
+
+
+def test_an_owner_recovers_its_own_claim_that_it_does_not_hold(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
+    """A claim whose commit reply was lost is orphaned, even for its owner (B18.3)."""
+    owner = with_tick(make_scheduler(clock=clock, lease=30))
+    owner._ensure_ready()
+    clock.set(T0 + MINUTE)
+    claim(owner)  # committed, but never handed to a worker or the lease keeper
+
+    clock.advance(31)
+    owner.run_pending()
+
+    assert [r["outcome"] for r in run_rows(owner, "tick")][:1] == ["abandoned"]
+    assert job_row(owner, "tick")["status"] != JobState.RUNNING.value
 
 
 def test_a_fenced_out_owner_writes_nothing(

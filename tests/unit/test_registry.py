@@ -315,14 +315,17 @@ def test_enqueue_of_an_unregistered_function_is_job_not_found(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"max_workers": 0}, r"^max_workers must be a positive number, got 0$"),
-        ({"batch_size": 0}, r"^batch_size must be a positive number, got 0$"),
+        ({"max_workers": 0}, r"^max_workers must be a positive whole number, got 0$"),
+        ({"batch_size": 0}, r"^batch_size must be a positive whole number, got 0$"),
         ({"poll_interval": 0}, r"^poll_interval must be a positive number, got 0$"),
         (
             {"poll_interval": -1.0},
             r"^poll_interval must be a positive number, got -1\.0$",
         ),
-        ({"max_workers": True}, r"^max_workers must be a positive number, got True$"),
+        (
+            {"max_workers": True},
+            r"^max_workers must be a positive whole number, got True$",
+        ),
     ],
 )
 def test_scheduler_rejects_impossible_settings(
