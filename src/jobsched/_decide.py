@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from tenacity import wait_exponential
 
@@ -23,6 +24,9 @@ from ._triggers import IntervalTrigger, OnceTrigger, Trigger, trigger_from_spec
 
 logger = logging.getLogger(__name__)
 
+# Distinct (trigger, options) texts whose decoding is kept: every claim and end
+# decodes them, and most rows share a few.
+PARSED_CACHE_SIZE = 1024
 # Arguments are not needed to decide a job's next state.
 _NO_ARGS = '{"args":[],"kwargs":{}}'
 # Delay before retry n when a job sets max_attempts but no retry_wait: 1 s, 2 s,
@@ -45,11 +49,18 @@ def parse_row(trigger_text: str, options_text: str, args_text: str) -> Parsed:
         ValueError: Something stored cannot be used (``InvalidTrigger`` is one).
     """
     try:
-        trigger = trigger_from_spec(json.loads(trigger_text))
-        options = JobOptions.from_json(json.loads(options_text))
+        parsed = _parse_schedule(trigger_text, options_text)
         decode_args(args_text)
     except (TypeError, KeyError, AttributeError) as error:
         raise ValueError(str(error)) from error
+    return parsed
+
+
+@lru_cache(maxsize=PARSED_CACHE_SIZE)
+def _parse_schedule(trigger_text: str, options_text: str) -> Parsed:
+    """Decode a stored trigger and options; the results are immutable, so cached."""
+    trigger = trigger_from_spec(json.loads(trigger_text))
+    options = JobOptions.from_json(json.loads(options_text))
     return Parsed(trigger, options)
 
 

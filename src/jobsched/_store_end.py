@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
@@ -21,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    literal,
     select,
     true,
     update,
@@ -158,7 +160,7 @@ class EndingMixin:
     def _finish_many(self, endings: Sequence[Ending]) -> list[bool]:
         jobs = self.tables.jobs
         with self.engine.begin() as conn:
-            conn.execute(self._end_statement(), [_job_params(e) for e in endings])
+            conn.execute(self._end_statement, [_job_params(e) for e in endings])
 
             # Which of them took effect: the row has the version our write gave
             # it (a recovery by another process gives another). Never taken
@@ -176,22 +178,17 @@ class EndingMixin:
 
             done = [e for e, ok in zip(endings, written, strict=True) if ok]
             if done:
-                conn.execute(self._run_end_statement(), [_run_params(e) for e in done])
+                conn.execute(self._run_end_statement, [_run_params(e) for e in done])
             for claim, end, decision in done:
                 self._record_missed(
                     conn, claim.job_id, claim.name, decision, end.finished_at
                 )
         return written
 
+    @cached_property
     def _end_statement(self) -> Any:
         """The fenced ``UPDATE`` that ends one run, with bound parameters."""
         jobs = self.tables.jobs
-        scheduled = bindparam("b_status") == JobState.SCHEDULED.value
-        # pause() on a running job takes effect when its run ends.
-        status = case(
-            (and_(scheduled, jobs.c.paused == true()), JobState.PAUSED.value),
-            else_=bindparam("b_status"),
-        )
         return (
             update(jobs)
             .where(
@@ -201,7 +198,7 @@ class EndingMixin:
                 jobs.c.status == JobState.RUNNING.value,
             )
             .values(
-                status=status,
+                status=_status_on_end(jobs, bindparam("b_status")),
                 next_run_at=bindparam("b_next"),
                 scheduled_for=bindparam("b_for"),
                 attempt=bindparam("b_attempt"),
@@ -215,6 +212,7 @@ class EndingMixin:
             )
         )
 
+    @cached_property
     def _run_end_statement(self) -> Any:
         runs = self.tables.runs
         return (
@@ -285,7 +283,7 @@ class EndingMixin:
     ) -> bool:
         jobs = self.tables.jobs
         values: dict[str, Any] = {
-            "status": _status_after(decision, jobs),
+            "status": _status_on_end(jobs, literal(decision.status.value)),
             "next_run_at": decision.next_run_at,
             "scheduled_for": decision.scheduled_for,
             "attempt": decision.attempt,
@@ -301,7 +299,7 @@ class EndingMixin:
                 return False
 
             ending = (slot, end, decision)
-            conn.execute(self._run_end_statement(), [_run_params(ending)])
+            conn.execute(self._run_end_statement, [_run_params(ending)])
             self._record_missed(conn, slot.job_id, slot.name, decision, end.finished_at)
         return True
 
@@ -334,11 +332,14 @@ class EndingMixin:
         return self.run(work, f"releasing job {claim.name!r}")
 
 
-def _status_after(decision: Decision, jobs: Any) -> Any:
-    """The new status: a job paused while it ran becomes paused, not scheduled."""
-    if decision.status is not JobState.SCHEDULED:
-        return decision.status.value
-    return case((jobs.c.paused == true(), JobState.PAUSED.value), else_="scheduled")
+def _status_on_end(jobs: Any, status: Any) -> Any:
+    """Return the status a run's end writes.
+
+    That is ``status``, except that a job paused while it ran becomes paused
+    instead of scheduled.
+    """
+    paused_meanwhile = and_(status == JobState.SCHEDULED.value, jobs.c.paused == true())
+    return case((paused_meanwhile, JobState.PAUSED.value), else_=status)
 
 
 def _job_params(ending: Ending) -> dict[str, Any]:
