@@ -54,7 +54,7 @@ class Plan:
     idle_window: float
     poll_sizes: tuple[int, ...]
     max_workers: int = 8  # start(): worker threads per process
-    batch: int = 20  # run_pending(): jobs claimed per batch
+    batch: int = 500  # run_pending(): most jobs claimed per batch (the default)
     tick_jobs: int = 20
 
     @classmethod

@@ -45,6 +45,13 @@ logger = logging.getLogger("jobsched._scheduler")
 
 # Longest time a run's end waits in the queue before run_pending() writes it.
 MAX_END_DELAY = 0.05
+# How long the last job of a run_pending() batch should wait behind the others
+# (seconds): the batch holds about this much work at the recent pace.
+CLAIM_AHEAD = 0.1
+# Jobs claimed by the first batch, before any pace is known.
+FIRST_BATCH = 10
+# Weight of the latest batch in the running average of seconds per job.
+PACE_WEIGHT = 0.5
 
 
 class RunningMixin:
@@ -61,6 +68,7 @@ class RunningMixin:
     _lock: Any
     _ends: list[tuple[Claim, RunEnd, Decision]]
     _ends_since: float
+    _pace: float | None
 
     def _ensure_ready(self) -> None:
         raise NotImplementedError
@@ -94,11 +102,13 @@ class RunningMixin:
 
             self._recover_expired(cutoff)
             while True:
-                claims = self._claim(cutoff, self.batch_size)
+                claims = self._claim(cutoff, self._batch_limit())
                 if not claims:
                     break
+                started = time.monotonic()
                 with self._leases.keeping(claims):
                     self._run_batch(claims, results)
+                self._keep_pace((time.monotonic() - started) / len(claims))
                 self._write_ends()
         except StoreError as error:
             logger.warning(
@@ -107,6 +117,26 @@ class RunningMixin:
                 extra={"jobsched": {"action": "poll_failed"}},
             )
         return results
+
+    def _batch_limit(self) -> int:
+        """How many jobs the next ``run_pending()`` batch claims.
+
+        As many as are expected to start within :data:`CLAIM_AHEAD` at the
+        recent pace, between 1 and ``batch_size``: quick jobs are claimed in
+        large batches (few transactions), slow ones a few at a time (a claimed
+        job never waits long, and other processes take the rest).
+        """
+        if self._pace is None:
+            return min(self.batch_size, FIRST_BATCH)
+        expected = int(CLAIM_AHEAD / self._pace) if self._pace > 0 else self.batch_size
+        return max(1, min(self.batch_size, expected))
+
+    def _keep_pace(self, seconds_per_job: float) -> None:
+        """Fold the latest batch's seconds per job into the running average."""
+        if self._pace is None:
+            self._pace = seconds_per_job
+        else:
+            self._pace += PACE_WEIGHT * (seconds_per_job - self._pace)
 
     def _run_batch(self, claims: list[Claim], results: list[RunResult]) -> None:
         """Run claims in order; if one stops the process, give the rest back.

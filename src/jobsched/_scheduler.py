@@ -61,8 +61,8 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_LEASE = timedelta(seconds=30)
 #: Worker threads of start(); also the most jobs one process runs at once.
 DEFAULT_MAX_WORKERS = 4
-#: Most jobs claimed by one statement batch in run_pending().
-DEFAULT_BATCH = 10
+#: Most jobs claimed at once by run_pending(); fewer while runs are slow.
+DEFAULT_BATCH = 500
 #: How long stop() waits for running jobs by default (seconds).
 DEFAULT_STOP_TIMEOUT = 30.0
 
@@ -100,7 +100,9 @@ class Scheduler(RunningMixin, ManagementMixin):
         poll_interval: Longest time (seconds) between two looks at the table.
         lease: How long a claim is valid without renewal; a process that dies
             loses its runs to another process after this long.
-        batch_size: Most due jobs claimed at once by :meth:`run_pending`.
+        batch_size: Most due jobs claimed at once by :meth:`run_pending`. It
+            claims fewer while recent runs were slow: about as many as it
+            expects to start within a tenth of a second.
         create_tables: Create the tables on first use. Pass ``False`` when the
             application creates them with its own migrations (see
             :func:`jobsched.define_tables`).
@@ -148,6 +150,7 @@ class Scheduler(RunningMixin, ManagementMixin):
         # Ends of runs waiting to be written together (see RunningMixin).
         self._ends: list[tuple[Claim, RunEnd, Decision]] = []
         self._ends_since = 0.0
+        self._pace: float | None = None
         self._events = EventBus()
 
     # -- registration ---------------------------------------------------------------

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -42,6 +43,7 @@ from tenacity import (
 from ._errors import StoreError
 from ._models import JobState, RunOutcome
 from ._notify import channel_name
+from ._pgbulk import PostgresBulk
 from ._rows import Claim as Claim
 from ._rows import ClaimSettings as ClaimSettings
 from ._rows import Decision as Decision
@@ -92,6 +94,10 @@ class Store(EndingMixin):
         self.tables = tables
         self.channel = channel_name(tables.prefix)
         self._dialect = engine.dialect.name
+        # One statement per batch where the engine allows it (PostgreSQL).
+        self._bulk = (
+            PostgresBulk(engine, tables) if self._dialect == "postgresql" else None
+        )
         self._retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(RETRY_ATTEMPTS),
@@ -441,38 +447,50 @@ class Store(EndingMixin):
         lease: timedelta,
         done: list[tuple[JobRow, Decision]],
     ) -> list[Claim]:
-        """Claim rows that simply run, with one statement batch and one read.
+        """Claim rows that simply run, and open their run rows.
 
-        Each row's compare-and-set is its own ``UPDATE ... WHERE id AND version
-        AND status``, sent together; which of them won is then read back under
-        the same fence (owner and new version), never taken from a row count.
+        On PostgreSQL one statement does it all and says which rows it took
+        (:mod:`jobsched._pgbulk`). Elsewhere each row's compare-and-set is its
+        own ``UPDATE ... WHERE id AND version AND status``, sent together; which
+        of them won is then read back under the same fence (owner and new
+        version), never taken from a row count.
         """
         if not decided:
             return []
 
+        if self._bulk is not None:
+            run_ids = self._bulk.claim(conn, decided, owner, now, lease)
+            won = [(r, d) for r, d in decided if r.id in run_ids]
+            claims = [self._new_claim(r, d, owner, now, run_ids[r.id]) for r, d in won]
+        else:
+            won = self._claim_each(conn, decided, owner, now, lease)
+            claims = [self._new_claim(r, d, owner, now) for r, d in won]
+            if claims:
+                conn.execute(
+                    insert(self.tables.runs), [self._run_row(c) for c in claims]
+                )
+                claims = self._with_run_ids(conn, claims)
+
+        if len(won) < len(decided):
+            taken = {row.id for row, _ in won}
+            for row, _ in decided:
+                if row.id not in taken:
+                    logger.debug("job %r was claimed by another process", row.name)
+        done.extend(won)
+        return claims
+
+    def _claim_each(
+        self,
+        conn: Connection,
+        decided: list[tuple[JobRow, Decision]],
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+    ) -> list[tuple[JobRow, Decision]]:
+        """Send one compare-and-set per row, then read back which ones won."""
         jobs = self.tables.jobs
-        statement = (
-            update(jobs)
-            .where(
-                jobs.c.id == bindparam("b_id"),
-                jobs.c.version == bindparam("b_version"),
-                jobs.c.status == JobState.SCHEDULED.value,
-            )
-            .values(
-                status=JobState.RUNNING.value,
-                owner=owner,
-                lease_until=now + lease,
-                last_run_at=now,
-                updated_at=now,
-                version=jobs.c.version + 1,
-                next_run_at=bindparam("b_next"),
-                attempt=bindparam("b_attempt"),
-                scheduled_for=bindparam("b_for"),
-                error=None,
-            )
-        )
         conn.execute(
-            statement,
+            self._claim_statement,
             [
                 {
                     "b_id": row.id,
@@ -480,6 +498,9 @@ class Store(EndingMixin):
                     "b_next": decision.next_run_at,
                     "b_attempt": decision.attempt,
                     "b_for": decision.run_for,
+                    "b_owner": owner,
+                    "b_lease": now + lease,
+                    "b_now": now,
                 }
                 for row, decision in decided
             ],
@@ -491,17 +512,32 @@ class Store(EndingMixin):
             jobs.c.status == JobState.RUNNING.value,
         )
         taken = dict(conn.execute(check).all())
-        won = [(r, d) for r, d in decided if taken.get(r.id) == r.version + 1]
-        for row, _ in decided:
-            if taken.get(row.id) != row.version + 1:
-                logger.debug("lost the claim of job %r to another process", row.name)
+        return [(r, d) for r, d in decided if taken.get(r.id) == r.version + 1]
 
-        claims = [self._new_claim(row, decision, owner, now) for row, decision in won]
-        if claims:
-            conn.execute(insert(self.tables.runs), [self._run_row(c) for c in claims])
-            claims = self._with_run_ids(conn, claims)
-        done.extend(won)
-        return claims
+    @cached_property
+    def _claim_statement(self) -> Any:
+        """The compare-and-set ``UPDATE`` that claims one row."""
+        jobs = self.tables.jobs
+        return (
+            update(jobs)
+            .where(
+                jobs.c.id == bindparam("b_id"),
+                jobs.c.version == bindparam("b_version"),
+                jobs.c.status == JobState.SCHEDULED.value,
+            )
+            .values(
+                status=JobState.RUNNING.value,
+                owner=bindparam("b_owner"),
+                lease_until=bindparam("b_lease"),
+                last_run_at=bindparam("b_now"),
+                updated_at=bindparam("b_now"),
+                version=jobs.c.version + 1,
+                next_run_at=bindparam("b_next"),
+                attempt=bindparam("b_attempt"),
+                scheduled_for=bindparam("b_for"),
+                error=None,
+            )
+        )
 
     def _with_run_ids(self, conn: Connection, claims: list[Claim]) -> list[Claim]:
         """Fill in the keys of the run rows just inserted for ``claims``."""
@@ -566,7 +602,9 @@ class Store(EndingMixin):
         return True, replace(claim, run_id=int(key[0]) if key else 0)
 
     @staticmethod
-    def _new_claim(row: JobRow, decision: Decision, owner: str, now: datetime) -> Claim:
+    def _new_claim(
+        row: JobRow, decision: Decision, owner: str, now: datetime, run_id: int = 0
+    ) -> Claim:
         return Claim(
             job_id=row.id,
             name=row.name,
@@ -579,6 +617,7 @@ class Store(EndingMixin):
             scheduled_for=decision.run_for or now,
             attempt=decision.attempt,
             started_at=now,
+            run_id=run_id,
         )
 
     def _set_if(

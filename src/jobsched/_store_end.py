@@ -2,9 +2,11 @@
 
 Every write here is fenced: by the claim's owner and version for the owner's
 own writes, by the version and an expired lease for a recovery. Ends of runs are
-written in batches: one transaction sends each run's fenced ``UPDATE``, then
-reads back which of them took effect (their new version), and only for
-those writes the history rows.
+written in batches, in one transaction: on PostgreSQL one statement writes the
+job rows and their history rows and names the jobs it moved on
+(:mod:`jobsched._pgbulk`); elsewhere each run's fenced ``UPDATE`` is sent, then
+which of them took effect is read back (their new version), and only for those
+writes the history rows.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ._models import JobState, RunOutcome
 from ._rows import Claim, Decision, JobRow, RunEnd
 
 if TYPE_CHECKING:
+    from ._pgbulk import PostgresBulk
     from ._tables import Tables
 
 logger = logging.getLogger("jobsched._store")
@@ -52,6 +55,7 @@ class EndingMixin:
 
     engine: Engine
     tables: Tables
+    _bulk: PostgresBulk | None
 
     def run(self, work: Callable[[], T], what: str) -> T:
         raise NotImplementedError
@@ -158,32 +162,43 @@ class EndingMixin:
         )
 
     def _finish_many(self, endings: Sequence[Ending]) -> list[bool]:
-        jobs = self.tables.jobs
         with self.engine.begin() as conn:
-            conn.execute(self._end_statement, [_job_params(e) for e in endings])
+            if self._bulk is not None:
+                ended = self._bulk.end(conn, endings)
+            else:
+                conn.execute(self._end_statement, [_job_params(e) for e in endings])
+                ended = set()
 
             # Which of them took effect: the row has the version our write gave
             # it (a recovery by another process gives another). Never taken
-            # from a row count.
-            check = select(jobs.c.id, jobs.c.version, jobs.c.owner).where(
-                jobs.c.id.in_({claim.job_id for claim, _, _ in endings})
-            )
-            now_held = {
-                key: (version, owner) for key, version, owner in conn.execute(check)
-            }
+            # from a row count. A retry after a lost commit reply finds its
+            # earlier write here too.
+            unsure = {c.job_id for c, _, _ in endings if c.job_id not in ended}
+            now_held = self._versions(conn, unsure) if unsure else {}
             written = [
-                now_held.get(claim.job_id) == (claim.version + 1, None)
+                claim.job_id in ended
+                or now_held.get(claim.job_id) == (claim.version + 1, None)
                 for claim, _, _ in endings
             ]
 
             done = [e for e, ok in zip(endings, written, strict=True) if ok]
-            if done:
+            if done and self._bulk is None:
                 conn.execute(self._run_end_statement, [_run_params(e) for e in done])
             for claim, end, decision in done:
                 self._record_missed(
                     conn, claim.job_id, claim.name, decision, end.finished_at
                 )
         return written
+
+    def _versions(
+        self, conn: Connection, ids: Collection[int]
+    ) -> dict[int, tuple[int, str | None]]:
+        """Read the version and owner of the job rows ``ids``."""
+        jobs = self.tables.jobs
+        check = select(jobs.c.id, jobs.c.version, jobs.c.owner).where(
+            jobs.c.id.in_(sorted(ids))
+        )
+        return {key: (version, owner) for key, version, owner in conn.execute(check)}
 
     @cached_property
     def _end_statement(self) -> Any:

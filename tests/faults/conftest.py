@@ -35,7 +35,7 @@ from typing import Any
 
 import faultjobs
 import pytest
-from faultsql import statement_kind
+from faultsql import statement_steps
 from sqlalchemy import Engine, create_engine, event, select, text
 
 from jobsched import define_tables
@@ -430,7 +430,7 @@ def fail_statements(
     error = engine.dialect.loaded_dbapi.OperationalError
 
     def before(conn, cursor, statement, parameters, context, executemany):
-        if statement_kind(statement, prefix) in kinds and active():
+        if statement_steps(statement, prefix) & kinds and active():
             raise error("injected fault: the connection was lost")
 
     event.listen(engine, "before_cursor_execute", before)

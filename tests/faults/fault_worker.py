@@ -43,7 +43,7 @@ from datetime import datetime
 from typing import Any
 
 import faultjobs
-from faultsql import statement_kind
+from faultsql import statement_steps
 from sqlalchemy import create_engine, event
 from tenacity import wait_fixed
 
@@ -84,7 +84,7 @@ def exit_after_claim(engine: Any, prefix: str) -> None:
 
     @event.listens_for(engine, "before_cursor_execute")
     def _mark(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement_kind(statement, prefix) == "claim":
+        if "claim" in statement_steps(statement, prefix):
             conn.info["claimed"] = True
 
     @event.listens_for(engine, "checkin")

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import re
 
-def statement_kind(statement: str, prefix: str) -> str | None:
-    """Tell which step of the run path a SQL statement is, from its text alone.
 
-    ``claim`` (the UPDATE that takes a job: it sets ``last_run_at``), ``end``
+def statement_steps(statement: str, prefix: str) -> frozenset[str]:
+    """Tell which steps of the run path a SQL statement takes, from its text alone.
+
+    ``claim`` (an UPDATE that takes a job: it sets ``last_run_at``), ``end``
     (an UPDATE that ends a run: it sets ``last_outcome``), ``renew`` (an
     UPDATE that sets only ``lease_until``), ``run_row`` (an INSERT into the
-    run history), or ``None``. Tests recognise statements by their SQL so that
-    they do not depend on how jobsched's Python code is organised.
+    run history), ``update`` (any other UPDATE of a job). One statement may
+    take several steps: on PostgreSQL a claim also opens the run rows. Tests
+    recognise statements by their SQL so that they do not depend on how
+    jobsched's Python code is organised.
     """
-    head = " ".join(statement.split()).upper()
-    jobs = f"UPDATE {prefix}jobs SET ".upper()
-    if head.startswith(jobs):
-        if "LAST_RUN_AT" in head:
-            return "claim"
-        if "LAST_OUTCOME" in head:
-            return "end"
-        if head.startswith(jobs + "LEASE_UNTIL") and "STATUS" not in head:
-            return "renew"
-        return "update"
-    if head.startswith(f"INSERT INTO {prefix}runs".upper()):
-        return "run_row"
-    return None
+    text = " ".join(statement.split()).upper()
+    jobs = f"{prefix}jobs".upper()
+    steps = set()
+    for changes in re.findall(
+        rf"UPDATE {jobs} (?:AS \w+ )?SET (.*?)(?: WHERE|$)", text
+    ):
+        if "LAST_RUN_AT" in changes:
+            steps.add("claim")
+        elif "LAST_OUTCOME" in changes:
+            steps.add("end")
+        elif changes.startswith("LEASE_UNTIL") and "STATUS" not in changes:
+            steps.add("renew")
+        else:
+            steps.add("update")
+    if f"INSERT INTO {prefix}runs".upper() in text:
+        steps.add("run_row")
+    return frozenset(steps)
