@@ -62,6 +62,7 @@ class RunningMixin:
     owner: str
     lease: timedelta
     batch_size: int
+    max_workers: int
     _registry: Registry
     _leases: LeaseKeeper
     _events: EventBus
@@ -131,6 +132,20 @@ class RunningMixin:
         expected = int(CLAIM_AHEAD / self._pace) if self._pace > 0 else self.batch_size
         return max(1, min(self.batch_size, expected))
 
+    def _queue_limit(self) -> int:
+        """How many claimed jobs ``start()`` may queue for its busy workers.
+
+        As many as its workers are expected to start within
+        :data:`CLAIM_AHEAD` at the recent pace, at most ``batch_size``; none
+        before a pace is known. Quick jobs are then claimed many at a time, and
+        slow ones only as workers come free.
+        """
+        if self._pace is None:
+            return 0
+        if self._pace <= 0:
+            return self.batch_size
+        return min(self.batch_size, int(self.max_workers * CLAIM_AHEAD / self._pace))
+
     def _keep_pace(self, seconds_per_job: float) -> None:
         """Fold the latest batch's seconds per job into the running average."""
         if self._pace is None:
@@ -153,8 +168,7 @@ class RunningMixin:
                 if self._ends_waiting() >= MAX_END_DELAY:
                     self._write_ends()
         except BaseException:
-            for unstarted in claims[started:]:
-                self.store.release(unstarted, self.clock.now())
+            self.store.release_many(claims[started:], self.clock.now())
             with contextlib.suppress(StoreError):
                 self._write_ends()
             raise

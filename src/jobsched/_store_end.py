@@ -320,31 +320,51 @@ class EndingMixin:
 
     def release(self, claim: Claim, now: datetime) -> bool:
         """Give back a claimed run that never started, so any process runs it now."""
-        runs = self.tables.runs
+        return self.release_many([claim], now)[0]
 
-        def work() -> bool:
+    def release_many(self, claims: Sequence[Claim], now: datetime) -> list[bool]:
+        """Give back claimed runs that never started, in one transaction.
+
+        Each job row is fenced by the claim; its run row is deleted, and the
+        fire time is due again at once, with the attempt it had.
+
+        Returns:
+            For each claim, whether it was given back (``False``: the claim
+            was lost meanwhile).
+        """
+        if not claims:
+            return []
+
+        def work() -> list[bool]:
             with self.engine.begin() as conn:
-                values = {
-                    "status": JobState.SCHEDULED.value,
-                    "next_run_at": claim.scheduled_for,
-                    "scheduled_for": claim.scheduled_for,
-                    "attempt": claim.attempt - 1,
-                    "owner": None,
-                    "lease_until": None,
-                }
-                if not self._set_if(conn, and_(*self._fence(claim)), values, now):
-                    return False
+                return [self._release_one(conn, claim, now) for claim in claims]
 
-                conn.execute(
-                    delete(runs).where(
-                        runs.c.job_id == claim.job_id,
-                        runs.c.scheduled_for == claim.scheduled_for,
-                        runs.c.attempt == claim.attempt,
-                    )
-                )
-            return True
+        what = f"releasing job {claims[0].name!r}"
+        if len(claims) > 1:
+            what = f"releasing {len(claims)} jobs"
+        return self.run(work, what)
 
-        return self.run(work, f"releasing job {claim.name!r}")
+    def _release_one(self, conn: Connection, claim: Claim, now: datetime) -> bool:
+        runs = self.tables.runs
+        values = {
+            "status": JobState.SCHEDULED.value,
+            "next_run_at": claim.scheduled_for,
+            "scheduled_for": claim.scheduled_for,
+            "attempt": claim.attempt - 1,
+            "owner": None,
+            "lease_until": None,
+        }
+        if not self._set_if(conn, and_(*self._fence(claim)), values, now):
+            return False
+
+        conn.execute(
+            delete(runs).where(
+                runs.c.job_id == claim.job_id,
+                runs.c.scheduled_for == claim.scheduled_for,
+                runs.c.attempt == claim.attempt,
+            )
+        )
+        return True
 
 
 def _status_on_end(jobs: Any, status: Any) -> Any:

@@ -186,9 +186,7 @@ class Poller:
         with self._lock:  # before cancelling: a cancelled future leaves _running
             pending = dict(self._running)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for future, claim in pending.items():
-            if future.cancelled():
-                self._release(claim)
+        self._release([c for f, c in pending.items() if f.cancelled()])
 
         for future in pending:
             remaining = deadline - time.monotonic()
@@ -210,13 +208,23 @@ class Poller:
                 error,
             )
 
-    def _release(self, claim: Claim) -> None:
+    def _release(self, claims: list[Claim]) -> None:
+        """Give back claims that never started, so any process runs them now."""
+        if not claims:
+            return
+
         scheduler = self._scheduler
-        scheduler._leases.discard(claim)
+        for claim in claims:
+            scheduler._leases.discard(claim)
         try:
-            scheduler.store.release(claim, scheduler.clock.now())
+            scheduler.store.release_many(claims, scheduler.clock.now())
         except StoreError as error:
-            logger.warning("could not release job %r: %s", claim.name, error)
+            logger.warning(
+                "could not give back %d job(s) not started (their leases will "
+                "lapse): %s",
+                len(claims),
+                error,
+            )
 
     def _loop(self) -> None:
         failures = 0
@@ -243,11 +251,18 @@ class Poller:
             self._wake.wait(delay)
             self._wake.clear()
 
-    def _free_workers(self) -> int:
-        """Workers neither running a job nor holding a run whose end is unwritten."""
-        unwritten = self._scheduler._ends_count()
+    def _room(self) -> int:
+        """How many more jobs this process may hold now.
+
+        Its workers, plus the queue of claimed jobs waiting for one (see
+        :meth:`Scheduler._queue_limit`), less the jobs running or queued and
+        the runs whose end is not written yet.
+        """
+        scheduler = self._scheduler
+        capacity = scheduler.max_workers + scheduler._queue_limit()
+        unwritten = scheduler._ends_count()
         with self._lock:
-            return self._scheduler.max_workers - len(self._running) - unwritten
+            return capacity - len(self._running) - unwritten
 
     def _tick(self) -> float:
         """Poll once; return how long to sleep before the next poll.
@@ -274,7 +289,7 @@ class Poller:
                 wait = interval if soonest is None else (soonest - now).total_seconds()
                 return min(max(wait, 0.0), interval)
 
-        free = self._free_workers()
+        free = self._room()
         if free <= 0:
             return interval  # a finishing worker wakes the poller
 
@@ -294,6 +309,7 @@ class Poller:
 
     def _run(self, claim: Claim) -> object:
         scheduler = self._scheduler
+        started = time.monotonic()
         try:
             return scheduler._run_claim(claim)
         except (KeyboardInterrupt, SystemExit):
@@ -305,6 +321,7 @@ class Poller:
             self._stopping.set()
             raise
         finally:
+            scheduler._keep_pace(time.monotonic() - started)
             scheduler._leases.discard(claim)
             if self._stopping.is_set():
                 # No poller is left to write this end: write it from here.

@@ -8,13 +8,14 @@ left.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import tenacity
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from jobsched import (
     JobNotFound,
@@ -96,6 +97,65 @@ def test_only_jobs_registered_in_this_process_are_claimed(
     assert calls == ["cleanup"]
     assert {name: job_row(v1, name) for name in ("report", "send-1")} == untouched
     assert history(v2, "report") == history(v2, "send-1") == []
+
+
+def _held_while_running(
+    scheduler: Scheduler, pause: float, held: list[int]
+) -> Callable[[], None]:
+    """A job body that records how many jobs are running, then sleeps."""
+    jobs = scheduler.tables.jobs
+    count_running = (
+        select(func.count())
+        .select_from(jobs)
+        .where(jobs.c.status == JobState.RUNNING.value)
+    )
+
+    def body() -> None:
+        with scheduler.engine.connect() as conn:
+            held.append(conn.execute(count_running).scalar_one())
+        time.sleep(pause)
+
+    return body
+
+
+def test_slow_jobs_are_claimed_one_at_a_time_after_the_first_batch(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
+    """run_pending() claims about 0.1 s of work at the recent pace.
+
+    With no pace known, the first batch takes 10 jobs; they take 0.15 s each,
+    so from then on it claims one at a time and leaves the others due, for any
+    other process to take.
+    """
+    held: list[int] = []
+    scheduler = make_scheduler(clock=clock)
+    scheduler.register(_held_while_running(scheduler, 0.15, held), name="slow")
+    for number in range(13):
+        scheduler.enqueue("slow", name=f"slow-{number:02d}")
+
+    results = scheduler.run_pending()
+
+    assert [r.outcome for r in results] == [RunOutcome.SUCCEEDED] * 13
+    assert held[0] == 10  # each later job of the batch may see earlier ends
+    assert held[10:] == [1, 1, 1]
+
+
+def test_quick_jobs_are_claimed_in_large_batches(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
+    """After a first batch of 10, quick jobs are claimed many at a time."""
+    held: list[int] = []
+    scheduler = make_scheduler(clock=clock, batch_size=60)
+    scheduler.register(_held_while_running(scheduler, 0, held), name="quick")
+    for number in range(80):
+        scheduler.enqueue("quick", name=f"quick-{number:02d}")
+
+    results = scheduler.run_pending()
+
+    assert len(results) == 80
+    assert len({r.job for r in results}) == 80
+    assert held[0] == 10
+    assert 10 < max(held) <= 60  # at most batch_size
 
 
 def test_run_pending_records_succeeded_runs_and_returns_their_results(

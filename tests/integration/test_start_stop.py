@@ -106,6 +106,41 @@ def test_never_more_runs_at_once_than_max_workers(
     assert max(claimed) <= 2  # it does not even claim more than it can run
 
 
+def test_quick_jobs_are_claimed_ahead_of_free_workers(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    """Once runs are known to be quick, busy workers get a queue of claims.
+
+    The first claims fill the two workers only; after that the poller also
+    claims what they are expected to start within about 0.1 s, so a body sees
+    more jobs held than there are workers. Each job still runs once.
+    """
+    claimed: list[int] = []
+    scheduler = make_scheduler(poll_interval=POLL, max_workers=2)
+    jobs = scheduler.tables.jobs
+    count_running = (
+        select(func.count())
+        .select_from(jobs)
+        .where(jobs.c.status == JobState.RUNNING.value)
+    )
+
+    def quick() -> None:
+        with scheduler.engine.connect() as conn:
+            claimed.append(conn.execute(count_running).scalar_one())
+
+    scheduler.register(quick, name="quick")
+    for number in range(60):
+        scheduler.enqueue("quick", name=f"quick-{number}")
+
+    scheduler.start()
+    assert wait_for(lambda: outcomes(scheduler).count(RunOutcome.SUCCEEDED) == 60)
+    scheduler.stop(timeout=5)
+
+    assert len(claimed) == 60
+    assert claimed[0] <= 2  # no pace known yet: no more than the workers
+    assert max(claimed) > 2, claimed
+
+
 def test_stop_waits_for_a_running_job_to_finish(
     make_scheduler: Callable[..., Scheduler],
 ) -> None:
