@@ -147,6 +147,11 @@ class EventBus:
         with self._lock:
             self._listeners = [(f, k) for f, k in self._listeners if f is not listener]
 
+    @property
+    def active(self) -> bool:
+        """Whether anyone listens (the run path builds no event otherwise)."""
+        return bool(self._listeners)
+
     def publish(self, event: Event) -> None:
         """Deliver ``event``; a listener that raises is logged and skipped."""
         with self._lock:

@@ -93,7 +93,9 @@ def _naive(moment: datetime | None) -> datetime | None:
     """Store a time as naive UTC, as :class:`~jobsched._tables.UTCDateTime` does."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=None)
 
 
 class PostgresBulk:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,35 @@ if TYPE_CHECKING:
     from ._worker import LeaseKeeper
 
 logger = logging.getLogger("jobsched._scheduler")
+
+
+class Background:
+    """Runs a function in a thread of its own; :meth:`wait` re-raises its error."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._work = work
+        self._thread = threading.Thread(
+            target=self._run, name="jobsched-ends", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as error:  # handed to the caller of wait()
+            self._error = error
+
+    def join(self) -> None:
+        """Wait for the function to return."""
+        self._thread.join()
+
+    def wait(self) -> None:
+        """Wait for the function to return, and raise what it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
 
 # Longest time a run's end waits in the queue before run_pending() writes it.
 MAX_END_DELAY = 0.05
@@ -102,15 +133,7 @@ class RunningMixin:
                 return results  # one indexed query when nothing is due
 
             self._recover_expired(cutoff)
-            while True:
-                claims = self._claim(cutoff, self._batch_limit())
-                if not claims:
-                    break
-                started = time.monotonic()
-                with self._leases.keeping(claims):
-                    self._run_batch(claims, results)
-                self._keep_pace((time.monotonic() - started) / len(claims))
-                self._write_ends()
+            self._claim_and_run(cutoff, results)
         except StoreError as error:
             logger.warning(
                 "run_pending: database unavailable, will try again: %s",
@@ -118,6 +141,36 @@ class RunningMixin:
                 extra={"jobsched": {"action": "poll_failed"}},
             )
         return results
+
+    def _claim_and_run(self, cutoff: datetime, results: list[RunResult]) -> None:
+        """Claim and run batches until nothing due before ``cutoff`` is left.
+
+        The ends of one batch are written in a helper thread while the next
+        batch is claimed and run (not on SQLite, whose single writer would
+        only make the two wait for each other); all are written on return.
+        """
+        overlap = self.store.dialect != "sqlite"
+        writer: Background | None = None
+        try:
+            while True:
+                claims = self._claim(cutoff, self._batch_limit())
+                if not claims:
+                    break
+
+                started = time.monotonic()
+                with self._leases.keeping(claims):
+                    self._run_batch(claims, results)
+                self._keep_pace((time.monotonic() - started) / len(claims))
+
+                if writer is not None:
+                    writer.wait()  # raises what the writing raised
+                writer = Background(self._write_ends) if overlap else None
+                if writer is None:
+                    self._write_ends()
+        finally:
+            if writer is not None:
+                writer.join()
+        self._write_ends()
 
     def _batch_limit(self) -> int:
         """How many jobs the next ``run_pending()`` batch claims.
@@ -203,27 +256,29 @@ class RunningMixin:
     def _run_claim(self, claim: Claim) -> RunResult:
         """Run one claimed job and queue how it ended (see :meth:`_record`)."""
         spec = self._registry.get(claim.function)
-        logger.info(
-            "running job %r (fire time %s, attempt %d)",
-            claim.name,
-            claim.scheduled_for.isoformat(),
-            claim.attempt,
-            extra={"jobsched": {"action": "run_started", "job": claim.name}},
-        )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "running job %r (fire time %s, attempt %d)",
+                claim.name,
+                claim.scheduled_for.isoformat(),
+                claim.attempt,
+                extra={"jobsched": {"action": "run_started", "job": claim.name}},
+            )
         if spec is None:  # unregistered since the claim: give it back
             self.store.release(claim, self.clock.now())
             return RunResult(
                 claim.name, 0, claim.scheduled_for, claim.attempt, RunOutcome.ABANDONED
             )
 
-        self._events.publish(
-            RunStarted(
-                timestamp=claim.started_at,
-                job=claim.name,
-                scheduled_for=claim.scheduled_for,
-                attempt=claim.attempt,
+        if self._events.active:
+            self._events.publish(
+                RunStarted(
+                    timestamp=claim.started_at,
+                    job=claim.name,
+                    scheduled_for=claim.scheduled_for,
+                    attempt=claim.attempt,
+                )
             )
-        )
         args, kwargs = decode_args(claim.args)
         context = RunContext(
             claim.name, claim.scheduled_for, claim.attempt, claim.run_id
@@ -340,6 +395,9 @@ class RunningMixin:
 
     def _announce_end(self, claim: Claim, end: RunEnd, decision: Decision) -> None:
         """Publish the events of a run whose end is committed."""
+        if not self._events.active:
+            return
+
         if end.outcome is RunOutcome.SUCCEEDED:
             self._events.publish(
                 RunSucceeded(
@@ -379,6 +437,10 @@ class RunningMixin:
             )
 
     def _log_execution(self, claim: Claim, execution: Execution) -> None:
+        succeeded = execution.outcome is RunOutcome.SUCCEEDED
+        if succeeded and not logger.isEnabledFor(logging.INFO):
+            return
+
         extra = {
             "jobsched": {
                 "action": f"run_{execution.outcome.value}",
@@ -387,7 +449,7 @@ class RunningMixin:
                 "duration_s": round(execution.duration, 6),
             }
         }
-        if execution.outcome is RunOutcome.SUCCEEDED:
+        if succeeded:
             logger.info(
                 "job %r succeeded in %.3f s",
                 claim.name,

