@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 # Distinct (trigger, options) texts whose decoding is kept: every claim and end
 # decodes them, and most rows share a few.
 PARSED_CACHE_SIZE = 1024
-# Arguments are not needed to decide a job's next state.
-_NO_ARGS = '{"args":[],"kwargs":{}}'
 # Delay before retry n when a job sets max_attempts but no retry_wait: 1 s, 2 s,
 # 4 s ... capped at five minutes.
 DEFAULT_RETRY_WAIT = wait_exponential(multiplier=1, min=1, max=300)
@@ -50,10 +48,16 @@ def parse_row(trigger_text: str, options_text: str, args_text: str) -> Parsed:
     """
     try:
         parsed = _parse_schedule(trigger_text, options_text)
-        decode_args(args_text)
+        _check_args(args_text)
     except (TypeError, KeyError, AttributeError) as error:
         raise ValueError(str(error)) from error
     return parsed
+
+
+@lru_cache(maxsize=PARSED_CACHE_SIZE)
+def _check_args(args_text: str) -> None:
+    """Check that stored arguments decode (each distinct text once)."""
+    decode_args(args_text)
 
 
 @lru_cache(maxsize=PARSED_CACHE_SIZE)
@@ -184,7 +188,10 @@ def decide_end(spec: JobSpec | None, ended: Ended, now: datetime) -> Decision:
     Returns:
         The job's next state.
     """
-    parsed = parse_row(ended.trigger_text, ended.options_text, _NO_ARGS)
+    try:
+        parsed = _parse_schedule(ended.trigger_text, ended.options_text)
+    except (TypeError, KeyError, AttributeError) as problem:
+        raise ValueError(str(problem)) from problem
     failed = ended.outcome is not RunOutcome.SUCCEEDED
     error = ended.error
     summary = None

@@ -6,9 +6,13 @@ row travel as a few arrays, ``unnest`` turns them back into rows, and an
 claim; id, owner and version for an end). ``RETURNING`` names exactly the rows
 that statement changed, and a data-modifying ``WITH`` writes the matching run
 history rows in the same statement, so a batch costs one round trip whatever
-its size, and the SQL text never changes (the driver prepares it once).
+its size, and the SQL text never changes (the driver prepares it once). Each
+statement also names its rows with ``id = ANY(...)``, so the planner finds them
+by primary key however large the table is.
 
-The other engines use the portable statements in :mod:`jobsched._store`.
+Array parameters are sent in binary. Other engines, and PostgreSQL through
+another driver than psycopg 3, use the portable statements in
+:mod:`jobsched._store`.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ if TYPE_CHECKING:
 _CLAIM = """
 WITH v AS (
     SELECT * FROM unnest(
-        %(ids)s::bigint[], %(versions)s::integer[], %(nexts)s::timestamp[],
-        %(attempts)s::integer[], %(fors)s::timestamp[]
+        %(ids)b::bigint[], %(versions)b::integer[], %(nexts)b::timestamp[],
+        %(attempts)b::integer[], %(fors)b::timestamp[]
     ) AS v(id, version, next_run_at, attempt, run_for)
 ), won AS (
     UPDATE {jobs} AS j
@@ -40,7 +44,8 @@ WITH v AS (
         next_run_at = v.next_run_at, attempt = v.attempt,
         scheduled_for = v.run_for, error = NULL
     FROM v
-    WHERE j.id = v.id AND j.version = v.version AND j.status = '{scheduled}'
+    WHERE j.id = ANY(%(ids)b::bigint[])
+      AND j.id = v.id AND j.version = v.version AND j.status = '{scheduled}'
     RETURNING j.id, j.name, j.scheduled_for, j.attempt
 )
 INSERT INTO {runs} (job_id, job_name, scheduled_for, attempt, owner, started_at,
@@ -55,12 +60,12 @@ RETURNING job_id, id
 _END = """
 WITH v AS (
     SELECT * FROM unnest(
-        %(ids)s::bigint[], %(owners)s::text[], %(versions)s::integer[],
-        %(statuses)s::text[], %(nexts)s::timestamp[], %(fors)s::timestamp[],
-        %(attempts)s::integer[], %(outcomes)s::text[], %(missed)s::integer[],
-        %(errors)s::text[], %(finished)s::timestamp[], %(run_fors)s::timestamp[],
-        %(run_attempts)s::integer[], %(error_types)s::text[],
-        %(messages)s::text[], %(tracebacks)s::text[]
+        %(ids)b::bigint[], %(owners)b::text[], %(versions)b::integer[],
+        %(statuses)b::text[], %(nexts)b::timestamp[], %(fors)b::timestamp[],
+        %(attempts)b::integer[], %(outcomes)b::text[], %(missed)b::integer[],
+        %(errors)b::text[], %(finished)b::timestamp[], %(run_fors)b::timestamp[],
+        %(run_attempts)b::integer[], %(error_types)b::text[],
+        %(messages)b::text[], %(tracebacks)b::text[]
     ) AS v(id, owner, version, status, next_run_at, scheduled_for, attempt,
            outcome, missed, error, finished_at, run_for, run_attempt,
            error_type, error_message, traceback)
@@ -73,7 +78,8 @@ WITH v AS (
         last_outcome = v.outcome, missed_count = j.missed_count + v.missed,
         error = v.error, version = j.version + 1, updated_at = v.finished_at
     FROM v
-    WHERE j.id = v.id AND j.owner = v.owner AND j.version = v.version
+    WHERE j.id = ANY(%(ids)b::bigint[])
+      AND j.id = v.id AND j.owner = v.owner AND j.version = v.version
       AND j.status = '{running}'
     RETURNING j.id
 ), recorded AS (
@@ -87,6 +93,11 @@ WITH v AS (
 )
 SELECT id FROM ended
 """
+
+
+def can_bulk(engine: Engine) -> bool:
+    """Whether these statements suit the engine: PostgreSQL through psycopg 3."""
+    return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
 
 
 def _naive(moment: datetime | None) -> datetime | None:

@@ -149,7 +149,7 @@ def plan_due(
             missed=_limited(older),
             missed_total=count - 1,
             next_fire=upcoming,
-            reason=f"coalesced into the run for {latest.isoformat()}",
+            reason=f"coalesced into the run for {latest.isoformat()}" if older else "",
         )
 
     return Plan(None, _limited(due), count, upcoming, "started too late (grace)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any, TypeVar
@@ -43,7 +43,7 @@ from tenacity import (
 from ._errors import StoreError
 from ._models import JobState, RunOutcome
 from ._notify import channel_name
-from ._pgbulk import PostgresBulk
+from ._pgbulk import PostgresBulk, can_bulk
 from ._rows import Claim as Claim
 from ._rows import ClaimSettings as ClaimSettings
 from ._rows import Decision as Decision
@@ -94,10 +94,9 @@ class Store(EndingMixin):
         self.tables = tables
         self.channel = channel_name(tables.prefix)
         self.dialect = engine.dialect.name
-        # One statement per batch where the engine allows it (PostgreSQL).
-        self._bulk = (
-            PostgresBulk(engine, tables) if self.dialect == "postgresql" else None
-        )
+        # One statement per batch where the engine allows it (PostgreSQL with
+        # psycopg 3, whose array and binary parameters it uses).
+        self._bulk = PostgresBulk(engine, tables) if can_bulk(engine) else None
         self._retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(RETRY_ATTEMPTS),
@@ -180,6 +179,11 @@ class Store(EndingMixin):
             lease_until=mapping["lease_until"],
             version=mapping["version"],
         )
+
+    @cached_property
+    def _row_columns(self) -> list[Any]:
+        """The columns of a :class:`JobRow`, in the order of its fields."""
+        return [self.tables.jobs.c[field.name] for field in fields(JobRow)]
 
     def get_row(self, name: str) -> JobRow | None:
         """Return the job row named ``name``, if there is one."""
@@ -330,7 +334,7 @@ class Store(EndingMixin):
 
         jobs = self.tables.jobs
         query = (
-            select(jobs)
+            select(*self._row_columns)
             .where(jobs.c.status == JobState.SCHEDULED.value)
             .where(jobs.c.next_run_at <= now)
             .where(jobs.c.function.in_(sorted(functions)))
@@ -376,13 +380,13 @@ class Store(EndingMixin):
         """Read due rows into ``rows`` and claim them in one transaction."""
         if locking:
             with self.engine.begin() as conn:
-                rows.extend(self._row(r._mapping) for r in conn.execute(query))
+                rows.extend(map(_job_row, conn.execute(query).all()))
                 return self._claim_rows(conn, rows, *settings, done)
 
         # No row locks (SQLite): read first, then write in a transaction that
         # starts with a write, so no read lock is ever upgraded.
         with self.engine.connect() as conn:
-            rows.extend(self._row(r._mapping) for r in conn.execute(query))
+            rows.extend(map(_job_row, conn.execute(query).all()))
         with self.engine.begin() as conn:
             return self._claim_rows(conn, rows, *settings, done)
 
@@ -693,6 +697,27 @@ class Store(EndingMixin):
                 for fire in missed
             ],
         )
+
+
+def _job_row(values: Any) -> JobRow:
+    """Build a :class:`JobRow` from the values of :attr:`Store._row_columns`."""
+    (key, name, function, trigger, args, options, status) = values[:7]
+    (next_run_at, scheduled_for, attempt, owner, lease_until, version) = values[7:]
+    return JobRow(
+        key,
+        name,
+        function,
+        trigger,
+        args,
+        options,
+        _state(status),
+        next_run_at,
+        scheduled_for,
+        attempt,
+        owner,
+        lease_until,
+        version,
+    )
 
 
 def _state(value: str) -> JobState:

@@ -36,6 +36,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator
@@ -144,9 +145,22 @@ def define_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("missed_count", Integer, nullable=False, default=0),
         Column("created_at", UTCDateTime, nullable=False),
         Column("updated_at", UTCDateTime, nullable=False),
-        Index(f"{prefix}jobs_due", "status", "next_run_at"),
-        Index(f"{prefix}jobs_lease", "status", "lease_until"),
-        Index(f"{prefix}jobs_function", "function"),
+        # Partial where the database has them (PostgreSQL, SQLite): an update
+        # that moves a row out of the indexed status adds no index entry.
+        Index(
+            f"{prefix}jobs_due",
+            "status",
+            "next_run_at",
+            postgresql_where=text("status = 'scheduled'"),
+            sqlite_where=text("status = 'scheduled'"),
+        ),
+        Index(
+            f"{prefix}jobs_lease",
+            "status",
+            "lease_until",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
     )
     runs = Table(
         f"{prefix}runs",
