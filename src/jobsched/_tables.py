@@ -182,7 +182,14 @@ def define_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
             "job_id", "scheduled_for", "attempt", name=f"{prefix}runs_once"
         ),
         Index(f"{prefix}runs_job", "job_name", "id"),
-        Index(f"{prefix}runs_finished", "finished_at"),
+        # For pruning, which only deletes finished runs: a run row opened by a
+        # claim adds no entry until its end.
+        Index(
+            f"{prefix}runs_finished",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+            sqlite_where=text("finished_at IS NOT NULL"),
+        ),
     )
     meta = Table(
         f"{prefix}meta",
