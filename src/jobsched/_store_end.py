@@ -12,14 +12,13 @@ writes the history rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Engine,
     and_,
     bindparam,
     case,
@@ -33,14 +32,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ._models import JobState, RunOutcome
 from ._rows import Claim, Decision, JobRow, RunEnd
-
-if TYPE_CHECKING:
-    from ._pgbulk import PostgresBulk
-    from ._tables import Tables
+from ._store_base import StoreBase
 
 logger = logging.getLogger("jobsched._store")
-
-T = TypeVar("T")
 
 # How far a recovery advances a job's version: by more than the owner's own end
 # does, so that reading the version back tells the two apart.
@@ -50,37 +44,8 @@ RECOVERY_VERSION_STEP = 2
 Ending = tuple[Claim, RunEnd, Decision]
 
 
-class EndingMixin:
+class EndingMixin(StoreBase):
     """The part of :class:`~jobsched._store.Store` that ends runs."""
-
-    engine: Engine
-    tables: Tables
-    _bulk: PostgresBulk | None
-
-    def run(self, work: Callable[[], T], what: str) -> T:
-        raise NotImplementedError
-
-    def _row(self, mapping: Any) -> JobRow:
-        raise NotImplementedError
-
-    def _set_if(
-        self,
-        conn: Connection,
-        condition: ColumnElement[bool],
-        values: dict[str, Any],
-        now: datetime,
-    ) -> bool:
-        raise NotImplementedError
-
-    def _record_missed(
-        self,
-        conn: Connection,
-        job_id: int,
-        name: str,
-        decision: Decision,
-        now: datetime,
-    ) -> None:
-        raise NotImplementedError
 
     # -- leases -------------------------------------------------------------------
 
