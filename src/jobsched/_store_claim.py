@@ -99,6 +99,7 @@ class ClaimingMixin(StoreBase):
         """Read due rows into ``rows`` and claim them in one transaction."""
         if locking:
             with self.engine.begin() as conn:
+                self._without_gap_locks(conn)
                 rows.extend(map(_job_row, conn.execute(query).all()))
                 return self._claim_rows(conn, rows, *settings, done)
 

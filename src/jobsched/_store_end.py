@@ -66,6 +66,7 @@ class EndingMixin(StoreBase):
         def work() -> list[Claim]:
             lost = []
             with self.engine.begin() as conn:
+                self._without_gap_locks(conn)
                 for claim in claims:
                     statement = (
                         update(jobs)
@@ -128,6 +129,7 @@ class EndingMixin(StoreBase):
 
     def _finish_many(self, endings: Sequence[Ending]) -> list[bool]:
         with self.engine.begin() as conn:
+            self._without_gap_locks(conn)
             if self._bulk is not None:
                 ended = self._bulk.end(conn, endings)
             else:
