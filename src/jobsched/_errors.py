@@ -75,12 +75,12 @@ class JobNotFound(JobschedError, LookupError):
         job: The name that was looked up.
     """
 
-    def __init__(self, job: str) -> None:
+    def __init__(self, job: str, message: str | None = None) -> None:
         self.job = job
-        super().__init__(f"no job named {job!r}")
+        super().__init__(message or f"no job named {job!r}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), (self.job,), {}))
+        return (_rebuild, (type(self), (self.job, str(self)), {}))
 
 
 class SchemaVersionError(JobschedError):

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._errors import DuplicateJob, InvalidArguments, JobDefinitionError
+from ._errors import (
+    DuplicateJob,
+    InvalidArguments,
+    InvalidTrigger,
+    JobDefinitionError,
+)
 from ._models import JobOptions, Misfire, Overlap
 from ._triggers import CronTrigger, IntervalTrigger, OnceTrigger, Trigger
 
@@ -214,10 +219,12 @@ def build_spec(
     if cron is not None:
         trigger = CronTrigger(cron, timezone, seconds=seconds)
     elif every is not None:
-        interval = as_delta(every, "every") or timedelta(0)
-        trigger = IntervalTrigger(
-            interval, start, end, as_delta(jitter, "jitter") or timedelta(0)
-        )
+        try:  # a negative interval or jitter is a bad schedule like any other
+            interval = as_delta(every, "every") or timedelta(0)
+            spread = as_delta(jitter, "jitter") or timedelta(0)
+        except JobDefinitionError as error:
+            raise InvalidTrigger(error.problem) from error
+        trigger = IntervalTrigger(interval, start, end, spread)
     elif at is not None:
         trigger = OnceTrigger(at)
 

@@ -98,6 +98,7 @@ class RunningMixin:
     _leases: LeaseKeeper
     _events: EventBus
     _lock: Any
+    _claim_lock: Any
     _ends: list[tuple[Claim, RunEnd, Decision]]
     _ends_since: float
     _pace: float | None
@@ -228,15 +229,16 @@ class RunningMixin:
 
     def _claim(self, due_before: datetime, limit: int) -> list[Claim]:
         applied: list[tuple[JobRow, Decision]] = []
-        claims = self.store.claim_due(
-            self._registry.names(),
-            self.owner,
-            due_before,
-            self.lease,
-            limit,
-            lambda row: decide_claim(row, due_before),
-            applied,
-        )
+        with self._claim_lock:
+            claims = self.store.claim_due(
+                self._registry.names(),
+                self.owner,
+                due_before,
+                self.lease,
+                limit,
+                lambda row: decide_claim(row, due_before),
+                applied,
+            )
         for row, decision in applied:
             self._announce_missed(row.name, decision, due_before)
             if decision.status is JobState.BROKEN:

@@ -140,6 +140,9 @@ class Scheduler(RunningMixin, ManagementMixin):
         self._create_tables = create_tables
         self._registry = Registry()
         self._lock = threading.RLock()
+        # One claim at a time per scheduler: its threads share one owner
+        # token, so two of their claims at once could not tell whose is whose.
+        self._claim_lock = threading.Lock()
         self._synced: set[str] = set()
         self._schema_ready = False
         self._pid = os.getpid()
@@ -278,7 +281,13 @@ class Scheduler(RunningMixin, ManagementMixin):
         function = job if isinstance(job, str) else self._registry.name_of(job)
         spec = self._registry.get(function) if function is not None else None
         if function is None or spec is None:
-            raise JobNotFound(job if isinstance(job, str) else default_name(job))
+            wanted = job if isinstance(job, str) else default_name(job)
+            raise JobNotFound(
+                wanted,
+                f"no function {wanted!r} is registered in this scheduler; "
+                "enqueue() runs a function registered here (a job stored by "
+                "another process shows in jobs() and get_job())",
+            )
 
         job_name = name or f"{function}@{uuid.uuid4().hex[:16]}"
         check_name(job_name)
@@ -288,7 +297,7 @@ class Scheduler(RunningMixin, ManagementMixin):
             self._ensure_ready()
             trigger = OnceTrigger(at if at is not None else self.clock.now())
         except JobDefinitionError as error:
-            raise error.for_job(job_name) from error
+            raise error.for_job(name or function) from error
 
         # The one-off runs with the policies its function was registered with.
         inserted = self.store.insert_job(

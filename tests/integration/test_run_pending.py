@@ -8,6 +8,8 @@ left.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -161,6 +163,37 @@ def test_quick_jobs_are_claimed_in_large_batches(
     # A batch of at most batch_size, plus the previous batch while its ends
     # are being written.
     assert 10 < max(held) <= 2 * 60
+
+
+def test_threads_of_one_scheduler_share_the_work_quietly(
+    make_scheduler: Callable[..., Scheduler],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """run_pending() from several threads of one scheduler: each job runs once.
+
+    The threads share the scheduler's owner token, so their claims must not
+    overlap (on SQLite, without row locks, both would read the same due rows):
+    no claim is rejected by the run history, nothing is logged as skipped.
+    """
+    caplog.set_level(logging.WARNING, logger="jobsched")
+    calls: list[int] = []
+    scheduler = make_scheduler(clock=clock)
+    scheduler.register(calls.append, name="work")
+    for number in range(120):
+        scheduler.enqueue("work", args=[number])
+
+    threads = [threading.Thread(target=scheduler.run_pending) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(calls) == list(range(120))
+    assert [r.getMessage() for r in caplog.records] == []
+    one_offs = [j for j in scheduler.jobs(limit=1000).items if j.name != "work"]
+    assert len(one_offs) == 120
+    assert {job.status for job in one_offs} == {JobState.DONE}
 
 
 def test_run_pending_records_succeeded_runs_and_returns_their_results(

@@ -270,9 +270,13 @@ def test_rejected_registrations_and_enqueues_write_nothing(
             name="send-1",
             at=datetime(2025, 1, 1, 12),  # noqa: DTZ001 - naive on purpose
         )
-    with pytest.raises(JobNotFound, match=r"^no job named 'builtins\.print'$"):
+    with pytest.raises(
+        JobNotFound, match=r"^no function 'builtins\.print' is registered"
+    ):
         scheduler.enqueue(print)
-    with pytest.raises(JobNotFound, match=r"^no job named 'missing'$"):
+    with pytest.raises(
+        JobNotFound, match=r"^no function 'missing' is registered in this"
+    ):
         scheduler.enqueue("missing")
 
     assert job_names(scheduler) == ["good"]

@@ -303,9 +303,13 @@ def test_enqueue_of_an_unregistered_function_is_job_not_found(
 ) -> None:
     def stranger() -> None: ...
 
-    with pytest.raises(JobNotFound, match=r"no job named '.*<locals>\.stranger'"):
+    with pytest.raises(
+        JobNotFound, match=r"^no function '.*<locals>\.stranger' is registered"
+    ):
         scheduler.enqueue(stranger)
-    with pytest.raises(JobNotFound, match=r"^no job named 'missing'$"):
+    with pytest.raises(
+        JobNotFound, match=r"^no function 'missing' is registered in this"
+    ):
         scheduler.enqueue("missing")
 
 
