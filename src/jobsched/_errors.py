@@ -61,7 +61,7 @@ class InvalidArguments(JobDefinitionError, TypeError):
 
 
 class DuplicateJob(JobDefinitionError):
-    """A job name is registered twice in one scheduler."""
+    """One job name is registered for two different functions in one scheduler."""
 
 
 class ConfigurationError(JobschedError, ValueError):
