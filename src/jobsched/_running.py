@@ -228,23 +228,32 @@ class RunningMixin:
             raise
 
     def _claim(self, due_before: datetime, limit: int) -> list[Claim]:
+        """Claim up to ``limit`` jobs due by ``due_before``.
+
+        The leases, start times and decisions are taken at the time of the
+        claim, which in a long ``run_pending()`` call is well after
+        ``due_before``: a lease counted from the start of the call could be
+        expired before its run starts.
+        """
         applied: list[tuple[JobRow, Decision]] = []
         with self._claim_lock:
+            now = max(self.clock.now(), due_before)
             claims = self.store.claim_due(
                 self._registry.names(),
                 self.owner,
-                due_before,
+                now,
                 self.lease,
                 limit,
-                lambda row: decide_claim(row, due_before),
+                lambda row: decide_claim(row, now),
                 applied,
+                due_before=due_before,
             )
         for row, decision in applied:
-            self._announce_missed(row.name, decision, due_before)
+            self._announce_missed(row.name, decision, now)
             if decision.status is JobState.BROKEN:
                 reason = decision.error or "cannot run"
                 self._events.publish(
-                    JobBroken(timestamp=due_before, job=row.name, reason=reason)
+                    JobBroken(timestamp=now, job=row.name, reason=reason)
                 )
         return claims
 

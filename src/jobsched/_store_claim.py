@@ -38,6 +38,7 @@ class ClaimingMixin(StoreBase):
         limit: int,
         decide: Callable[[JobRow], Decision],
         applied: list[tuple[JobRow, Decision]] | None = None,
+        due_before: datetime | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` due jobs among ``functions`` for ``owner``.
 
@@ -47,6 +48,9 @@ class ClaimingMixin(StoreBase):
         are returned as claims, together with their new run rows. When
         ``applied`` is given, every decision that was written (claims, skips and
         broken rows alike) is appended to it after the commit.
+
+        Jobs due at or before ``due_before`` (default: ``now``) are candidates;
+        the claims' leases and start times are taken from ``now``.
         """
         if not functions or limit <= 0:
             return []
@@ -55,7 +59,7 @@ class ClaimingMixin(StoreBase):
         query = (
             select(*self._row_columns)
             .where(jobs.c.status == JobState.SCHEDULED.value)
-            .where(jobs.c.next_run_at <= now)
+            .where(jobs.c.next_run_at <= (now if due_before is None else due_before))
             .where(jobs.c.function.in_(sorted(functions)))
             .order_by(jobs.c.next_run_at)
             .limit(limit)

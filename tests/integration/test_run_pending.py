@@ -27,6 +27,7 @@ from jobsched import (
     RunOutcome,
     Scheduler,
     SchedulerStateError,
+    current_run,
 )
 from jobsched.testing import FakeClock
 
@@ -194,6 +195,44 @@ def test_threads_of_one_scheduler_share_the_work_quietly(
     one_offs = [j for j in scheduler.jobs(limit=1000).items if j.name != "work"]
     assert len(one_offs) == 120
     assert {job.status for job in one_offs} == {JobState.DONE}
+
+
+def test_a_long_call_claims_each_batch_with_a_lease_from_its_own_claim(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
+    """A claim made late in a long run_pending() call gets a whole lease.
+
+    Each job takes 2 s of (fake) time and the lease is 30 s: the jobs claimed
+    after the first batch of 10 are claimed 20 s into the call, and the last
+    of them starts 38 s into it. Their leases and start times count from
+    their own claim, not from the start of the call, so no run starts with its
+    lease already expired (which would let any other process recover it while
+    it runs).
+    """
+    margins: list[float] = []
+    scheduler = make_scheduler(clock=clock, lease=30.0)
+    jobs = scheduler.tables.jobs
+
+    def body() -> None:
+        with scheduler.engine.connect() as conn:
+            lease_until = conn.execute(
+                select(jobs.c.lease_until).where(jobs.c.name == current_run().job)
+            ).scalar_one()
+        margins.append((lease_until - clock.now()).total_seconds())
+        clock.advance(2)
+
+    scheduler.register(body, name="step")
+    for number in range(20):
+        scheduler.enqueue("step", name=f"step-{number:02d}")
+
+    results = scheduler.run_pending()
+
+    assert [r.outcome for r in results] == [RunOutcome.SUCCEEDED] * 20
+    assert len(margins) == 20
+    assert all(margin > 0 for margin in margins), margins
+    started = sorted(run.started_at for run in scheduler.runs(limit=100).items)
+    assert started[0] == T0
+    assert started[-1] == T0 + 20 * SECOND  # the second batch's own claim
 
 
 def test_run_pending_records_succeeded_runs_and_returns_their_results(
