@@ -173,6 +173,29 @@ class RunningMixin:
                 writer.join()
         self._write_ends()
 
+    def _release(self, claims: list[Claim]) -> None:
+        """Give back claims that were never started (see ``Store.release_many``).
+
+        Raises:
+            StoreError: The database failed; the claims' leases will lapse and
+                another process will recover them.
+        """
+        for claim in claims:
+            self._leases.discard(claim)
+        if not claims:
+            return
+
+        try:
+            self.store.release_many(claims, self.clock.now())
+        except StoreError as error:
+            logger.warning(
+                "could not give back %d job(s) not started (their leases will "
+                "lapse): %s",
+                len(claims),
+                error,
+            )
+            raise
+
     def _batch_limit(self) -> int:
         """How many jobs the next ``run_pending()`` batch claims.
 
@@ -220,9 +243,13 @@ class RunningMixin:
                 started += 1
                 results.append(self._run_claim(claim))
                 if self._ends_waiting() >= MAX_END_DELAY:
-                    self._write_ends()
+                    # A failure keeps the ends queued (and their leases): the
+                    # rest of the batch runs, and a later write records them.
+                    with contextlib.suppress(StoreError):
+                        self._write_ends()
         except BaseException:
-            self.store.release_many(claims[started:], self.clock.now())
+            with contextlib.suppress(StoreError):  # logged; the leases lapse
+                self._release(claims[started:])
             with contextlib.suppress(StoreError):
                 self._write_ends()
             raise

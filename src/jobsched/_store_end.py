@@ -314,7 +314,9 @@ class EndingMixin(StoreBase):
     def _release_one(self, conn: Connection, claim: Claim, now: datetime) -> bool:
         runs = self.tables.runs
         values = {
-            "status": JobState.SCHEDULED.value,
+            "status": _status_on_end(
+                self.tables.jobs, literal(JobState.SCHEDULED.value)
+            ),
             "next_run_at": claim.scheduled_for,
             "scheduled_for": claim.scheduled_for,
             "attempt": claim.attempt - 1,

@@ -176,7 +176,8 @@ class Poller:
     def stop(self, timeout: float) -> None:
         """Stop claiming, release claims not started, wait for running jobs."""
         deadline = time.monotonic() + timeout
-        self._stopping.set()
+        with self._lock:  # from now on _submit() refuses, see there
+            self._stopping.set()
         self._wake.set()
         if self._listener is not None:
             # It notices within one wait for notifications; never past our budget.
@@ -210,21 +211,8 @@ class Poller:
 
     def _release(self, claims: list[Claim]) -> None:
         """Give back claims that never started, so any process runs them now."""
-        if not claims:
-            return
-
-        scheduler = self._scheduler
-        for claim in claims:
-            scheduler._leases.discard(claim)
-        try:
-            scheduler.store.release_many(claims, scheduler.clock.now())
-        except StoreError as error:
-            logger.warning(
-                "could not give back %d job(s) not started (their leases will "
-                "lapse): %s",
-                len(claims),
-                error,
-            )
+        with suppress(StoreError):  # logged; their leases lapse
+            self._scheduler._release(claims)
 
     def _loop(self) -> None:
         failures = 0
@@ -295,17 +283,26 @@ class Poller:
 
         claims = scheduler._claim(now, free)
         scheduler._leases.add(claims)
-        for claim in claims:
-            self._submit(claim)
+        refused = [claim for claim in claims if not self._submit(claim)]
+        self._release(refused)
 
         self._saturated = len(claims) == free
         return 0.0 if claims else CONTENDED_DELAY
 
-    def _submit(self, claim: Claim) -> None:
+    def _submit(self, claim: Claim) -> bool:
+        """Hand a claim to the pool; ``False`` once :meth:`stop` has begun.
+
+        A claim that was in progress when ``stop()`` began (and perhaps gave up
+        waiting for this thread) is refused here, under the lock ``stop()``
+        sets its flag under, and given back instead of being stranded.
+        """
         with self._lock:
+            if self._stopping.is_set():
+                return False
             future: Future[object] = self._pool.submit(self._run, claim)
             self._running[future] = claim
         future.add_done_callback(self._done)
+        return True
 
     def _run(self, claim: Claim) -> object:
         scheduler = self._scheduler

@@ -489,6 +489,55 @@ def test_stop_with_an_unwritten_result_does_not_hold_the_run_forever(
     db.assert_nothing_running()
 
 
+def test_a_failed_write_in_the_middle_of_a_batch_does_not_drop_the_rest(
+    backend, db_url, prefix, db, caplog
+):
+    """A database failure mid-batch keeps the batch running (case B21).
+
+    Eight jobs are claimed in one batch; the write of the first job's end,
+    and giving anything back, fail through every retry (the database is away
+    for about a second and a half). The rest of the batch still runs in the
+    same call, its leases kept; the ends are written once the database is
+    back, and nothing is recorded abandoned.
+    """
+    caplog.set_level(logging.WARNING, logger="jobsched")
+    engine = create_engine(db_url)
+    failures = {"left": 6}  # one write and all its retries
+
+    def away() -> bool:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            return True
+        return False
+
+    fail_statements(engine, prefix, {"end", "update"}, away)
+    calls: list[str] = []
+    scheduler = Scheduler(engine, table_prefix=prefix, lease=LEASE)
+
+    def body(name: str) -> None:
+        calls.append(name)
+        time.sleep(0.06)  # longer than an end may wait: a write follows each
+
+    scheduler.register(body, name="job")
+    names = [scheduler.enqueue("job", args=[f"j{n}"]) for n in range(8)]
+    try:
+        first = scheduler.run_pending()
+        scheduler.run_pending()  # writes whatever is still queued
+    finally:
+        forget_leases(scheduler)
+        engine.dispose()
+
+    assert failures["left"] == 0, "the failure was never injected"
+    assert sorted(calls) == [f"j{n}" for n in range(8)]
+    assert len(first) == 8
+    for name in names:
+        assert [(r["attempt"], r["outcome"]) for r in db.runs(name)] == [
+            (1, "succeeded")
+        ]
+        assert db.status(name) == "done"
+    db.assert_nothing_running()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", SERVERS, indirect=True)
 def test_claim_committed_but_reply_lost_is_recovered(

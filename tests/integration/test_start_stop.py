@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from jobsched import (
     SCHEMA_VERSION,
@@ -139,6 +139,51 @@ def test_quick_jobs_are_claimed_ahead_of_free_workers(
     assert len(claimed) == 60
     assert claimed[0] <= 2  # no pace known yet: no more than the workers
     assert max(claimed) > 2, claimed
+
+
+def test_a_claim_still_in_progress_when_stop_returns_is_given_back(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    """stop() that gives up waiting for a claim in progress strands nothing.
+
+    The claim's first statement is held until ``stop()`` has returned. When
+    the claim then completes, the poller does not hand its jobs to the pool
+    that was shut down: it gives them back, due again for any process.
+    """
+    scheduler = make_scheduler(poll_interval=POLL)
+    hold = threading.Event()
+    held = threading.Event()
+
+    def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        text = statement.upper()
+        claim_read = text.startswith("SELECT") and "LIMIT" in text
+        in_poller = threading.current_thread().name.startswith("jobsched-poller")
+        if claim_read and in_poller and not held.is_set():
+            held.set()
+            hold.wait(10)
+
+    calls: list[int] = []
+    scheduler.register(calls.append, name="work")
+    for number in range(4):
+        scheduler.enqueue("work", args=[number])
+    event.listen(scheduler.engine, "before_cursor_execute", before)
+    try:
+        scheduler.start()
+        poller = scheduler._poller
+        assert poller is not None
+        assert held.wait(10), "the poller never claimed"
+        scheduler.stop(timeout=0.2)
+        assert poller.is_alive()  # still inside its claim
+        hold.set()
+        assert wait_for(lambda: not poller.is_alive()), "the poller never ended"
+    finally:
+        hold.set()
+        event.remove(scheduler.engine, "before_cursor_execute", before)
+
+    assert calls == []
+    statuses = {j.status for j in scheduler.jobs(limit=100).items if j.name != "work"}
+    assert statuses == {JobState.SCHEDULED}
+    assert wait_for(lambda: idle(scheduler))
 
 
 def test_stop_waits_for_a_running_job_to_finish(

@@ -399,6 +399,32 @@ def test_a_released_claim_is_claimed_again_for_the_same_fire_time(
     assert job_row(second, "tick")["next_run_at"] == T0 + 2 * MINUTE
 
 
+def test_a_claim_given_back_after_a_pause_stays_paused(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
+    """A job paused while claimed but not started stays paused when given back.
+
+    ``stop()`` gives back the claims it never started; one whose job was
+    paused in the meantime must come back ``paused`` (with its fire time still
+    pending), not ``scheduled`` for another process to run.
+    """
+    first, second = (with_tick(make_scheduler(clock=clock)) for _ in range(2))
+    first._ensure_ready()
+    clock.set(T0 + MINUTE)
+    (claimed,) = claim(first)
+    first.pause("tick")
+
+    assert first.store.release(claimed, clock.now()) is True
+
+    row = job_row(first, "tick")
+    assert (row["status"], row["paused"]) == ("paused", True)
+    assert claim(second) == []
+    second.resume("tick")  # from its next fire time after now
+    clock.set(T0 + 2 * MINUTE)
+    (again,) = claim(second)
+    assert again.attempt == 1
+
+
 def test_the_run_history_rejects_a_second_row_for_one_attempt(
     make_scheduler: Callable[..., Scheduler], clock: FakeClock
 ) -> None:
