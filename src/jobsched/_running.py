@@ -79,6 +79,9 @@ MAX_END_DELAY = 0.05
 # How long the last job of a run_pending() batch should wait behind the others
 # (seconds): the batch holds about this much work at the recent pace.
 CLAIM_AHEAD = 0.1
+# Longest wait (seconds) of a claimed job for the runs claimed before it, when
+# they turn out slower than their pace promised: it is then given back.
+QUEUE_PATIENCE = 1.0
 # Jobs claimed by the first batch, before any pace is known.
 FIRST_BATCH = 10
 # Weight of the latest batch in the running average of seconds per job.
@@ -160,8 +163,8 @@ class RunningMixin:
 
                 started = time.monotonic()
                 with self._leases.keeping(claims):
-                    self._run_batch(claims, results)
-                self._keep_pace((time.monotonic() - started) / len(claims))
+                    ran = self._run_batch(claims, results)
+                self._keep_pace((time.monotonic() - started) / ran)
 
                 if writer is not None:
                     writer.wait()  # raises what the writing raised
@@ -230,16 +233,25 @@ class RunningMixin:
         else:
             self._pace += PACE_WEIGHT * (seconds_per_job - self._pace)
 
-    def _run_batch(self, claims: list[Claim], results: list[RunResult]) -> None:
-        """Run claims in order; if one stops the process, give the rest back.
+    def _run_batch(self, claims: list[Claim], results: list[RunResult]) -> int:
+        """Run claims in order; return how many were started.
 
         Ends are written together once the batch is done, or as soon as one has
         waited :data:`MAX_END_DELAY`, so quick jobs share a transaction and slow
-        ones are recorded as they end.
+        ones are recorded as they end. Once the batch has taken longer than
+        :data:`QUEUE_PATIENCE` (its runs were slower than their pace
+        promised), the claims not started yet are given back, for any process
+        to run, and the next batch is sized at the new pace. If a job stops the
+        process, the rest are given back too.
         """
         started = 0
+        began = time.monotonic()
         try:
             for claim in claims:
+                if started and time.monotonic() - began > QUEUE_PATIENCE:
+                    with contextlib.suppress(StoreError):  # logged; leases lapse
+                        self._release(claims[started:])
+                    break
                 started += 1
                 results.append(self._run_claim(claim))
                 if self._ends_waiting() >= MAX_END_DELAY:
@@ -247,6 +259,7 @@ class RunningMixin:
                     # rest of the batch runs, and a later write records them.
                     with contextlib.suppress(StoreError):
                         self._write_ends()
+            return started
         except BaseException:
             with contextlib.suppress(StoreError):  # logged; the leases lapse
                 self._release(claims[started:])

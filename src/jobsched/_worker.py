@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ._errors import StoreError
 from ._notify import Listener, can_listen
 from ._rows import Claim
+from ._running import QUEUE_PATIENCE
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -144,6 +145,10 @@ class Poller:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[Future[object], Claim] = {}
+        # When each claim was handed to the pool (to find those left waiting).
+        self._queued_at: dict[Future[object], float] = {}
+        # Claims waited too long for a worker: queue none until one frees up.
+        self._stalled = False
         self._pool = ThreadPoolExecutor(
             scheduler.max_workers, thread_name_prefix="jobsched-worker"
         )
@@ -247,7 +252,8 @@ class Poller:
         the runs whose end is not written yet.
         """
         scheduler = self._scheduler
-        capacity = scheduler.max_workers + scheduler._queue_limit()
+        queue = 0 if self._stalled else scheduler._queue_limit()
+        capacity = scheduler.max_workers + queue
         unwritten = scheduler._ends_count()
         with self._lock:
             return capacity - len(self._running) - unwritten
@@ -263,6 +269,7 @@ class Poller:
         scheduler = self._scheduler
         scheduler._ensure_ready()
         scheduler._write_ends()
+        self._give_back_waiting()
         now = scheduler.clock.now()
         interval = scheduler.poll_interval
         polled_long_ago = time.monotonic() - self._last_poll >= interval
@@ -301,6 +308,7 @@ class Poller:
                 return False
             future: Future[object] = self._pool.submit(self._run, claim)
             self._running[future] = claim
+            self._queued_at[future] = time.monotonic()
         future.add_done_callback(self._done)
         return True
 
@@ -328,4 +336,33 @@ class Poller:
     def _done(self, future: Future[object]) -> None:
         with self._lock:
             self._running.pop(future, None)
+            self._queued_at.pop(future, None)
+            if not future.cancelled():
+                self._stalled = False  # a worker came free
         self._wake.set()
+
+    def _give_back_waiting(self) -> None:
+        """Give back queued claims that waited :data:`QUEUE_PATIENCE` for a worker.
+
+        The runs ahead of them turned out slower than the pace they were
+        claimed at; other processes may have free workers. Until a worker of
+        this one comes free, it queues no more claims.
+        """
+        oldest = time.monotonic() - QUEUE_PATIENCE
+        with self._lock:
+            waiting = [
+                (future, claim)
+                for future, claim in self._running.items()
+                if self._queued_at.get(future, oldest) < oldest
+                and not future.running()
+                and not future.done()
+            ]
+        given_back = [claim for future, claim in waiting if future.cancel()]
+        if given_back:
+            self._stalled = True
+            logger.info(
+                "giving back %d claimed job(s) that waited over %.1f s for a worker",
+                len(given_back),
+                QUEUE_PATIENCE,
+            )
+            self._release(given_back)

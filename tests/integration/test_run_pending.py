@@ -235,6 +235,36 @@ def test_a_long_call_claims_each_batch_with_a_lease_from_its_own_claim(
     assert started[-1] == T0 + 20 * SECOND  # the second batch's own claim
 
 
+def test_claims_behind_a_run_slower_than_its_pace_are_given_back(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
+    """A batch sized for quick jobs gives back what a slow one keeps waiting.
+
+    After quick jobs, a batch takes many at a time; when one of them takes
+    longer than a second, the jobs claimed behind it are given back (any
+    process may take them) and the next batches are sized at the new pace.
+    """
+    held: list[int] = []
+    scheduler = make_scheduler(clock=clock)
+    quick = _held_while_running(scheduler, 0, held)
+    slow = _held_while_running(scheduler, 1.2, held)
+    scheduler.register(quick, name="quick")
+    scheduler.register(slow, name="slow")
+    names = [f"a{n:02d}" for n in range(30)] + ["b"] + [f"c{n:02d}" for n in range(30)]
+    for order, name in enumerate(names):
+        job = "slow" if name == "b" else "quick"
+        scheduler.enqueue(job, name=name, at=T0 + order * timedelta(microseconds=1))
+    clock.advance(1)
+
+    results = scheduler.run_pending()
+
+    assert [r.job for r in results] == names
+    # Itself, and perhaps runs whose ends are still being written; not the
+    # thirty jobs that were claimed behind the slow one.
+    after_slow = held[names.index("b") + 1]
+    assert after_slow <= 3, held
+
+
 def test_run_pending_records_succeeded_runs_and_returns_their_results(
     make_scheduler: Callable[..., Scheduler], clock: FakeClock
 ) -> None:

@@ -10,7 +10,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -184,6 +184,48 @@ def test_a_claim_still_in_progress_when_stop_returns_is_given_back(
     statuses = {j.status for j in scheduler.jobs(limit=100).items if j.name != "work"}
     assert statuses == {JobState.SCHEDULED}
     assert wait_for(lambda: idle(scheduler))
+
+
+def test_claims_queued_behind_a_slow_run_are_given_back(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    """Quick jobs queued for a worker that a slow run holds go to another process.
+
+    A (one worker) learns that runs are quick and queues claims for its
+    worker; then a 3 s run takes the worker. The quick jobs queued behind it
+    are given back after about a second, and B runs them while the slow run
+    still goes on.
+    """
+    started: dict[str, float] = {}
+
+    def body(name: str, seconds: float) -> None:
+        started[name] = time.monotonic()
+        time.sleep(seconds)
+
+    a = make_scheduler(poll_interval=POLL, max_workers=1)
+    b = make_scheduler(poll_interval=POLL, max_workers=4)
+    for scheduler in (a, b):
+        scheduler.register(body, name="work")
+    now = datetime.now(timezone.utc)
+    names = (
+        [f"a{n:02d}" for n in range(40)] + ["slow"] + [f"c{n:02d}" for n in range(20)]
+    )
+    for order, name in enumerate(names):
+        seconds = 3.0 if name == "slow" else 0.0
+        at = now + order * timedelta(microseconds=1)
+        a.enqueue("work", args=[name, seconds], name=name, at=at)
+
+    a.start()
+    assert wait_for(lambda: "slow" in started)
+    b.start()
+    assert wait_for(lambda: len(started) == len(names))
+    a.stop(timeout=5)
+    b.stop(timeout=5)
+
+    slow_ends = started["slow"] + 3.0
+    late = [n for n in names if n.startswith("c") and started[n] > slow_ends]
+    assert late == [], late
+    assert outcomes(a).count(RunOutcome.SUCCEEDED) == len(names)
 
 
 def test_stop_waits_for_a_running_job_to_finish(
