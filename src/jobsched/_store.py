@@ -23,6 +23,7 @@ from ._rows import Decision as Decision
 from ._rows import JobRow as JobRow
 from ._rows import RunEnd as RunEnd
 from ._store_base import RETRY_ATTEMPTS as RETRY_ATTEMPTS
+from ._store_base import in_state
 from ._store_base import is_transient as is_transient
 from ._store_claim import ClaimingMixin
 from ._store_end import EndingMixin
@@ -97,12 +98,12 @@ class Store(ClaimingMixin, EndingMixin):
         jobs = self.tables.jobs
         lease = (
             select(func.min(jobs.c.lease_until))
-            .where(jobs.c.status == JobState.RUNNING.value)
+            .where(in_state(jobs, JobState.RUNNING))
             .scalar_subquery()
         )
         due = (
             select(func.min(jobs.c.next_run_at))
-            .where(jobs.c.status == JobState.SCHEDULED.value)
+            .where(in_state(jobs, JobState.SCHEDULED))
             .where(jobs.c.function.in_(sorted(functions)))
             .scalar_subquery()
         )

@@ -18,7 +18,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, exc, insert, select, update
+from sqlalchemy import Connection, Engine, exc, insert, literal, select, update
 from sqlalchemy.sql.elements import ColumnElement
 from tenacity import (
     RetryCallState,
@@ -63,6 +63,15 @@ def _log_retry(state: RetryCallState) -> None:
         error,
         extra={"jobsched": {"action": "db_retry", "attempt": state.attempt_number}},
     )
+
+
+def in_state(jobs: Any, state: JobState) -> ColumnElement[bool]:
+    """``status = '<state>'`` with the status written into the SQL text.
+
+    A bound parameter would hide it from the planner of a prepared statement's
+    generic plan, which could then not use the partial indexes.
+    """
+    return jobs.c.status == literal(state.value, literal_execute=True)  # type: ignore[no-any-return]
 
 
 class StoreBase:

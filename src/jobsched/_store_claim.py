@@ -21,7 +21,7 @@ from sqlalchemy import Connection, and_, bindparam, exc, insert, select, update
 
 from ._models import JobState, RunOutcome
 from ._rows import Claim, ClaimSettings, Decision, JobRow
-from ._store_base import StoreBase, _job_row
+from ._store_base import StoreBase, _job_row, in_state
 
 logger = logging.getLogger("jobsched._store")
 
@@ -58,7 +58,7 @@ class ClaimingMixin(StoreBase):
         jobs = self.tables.jobs
         query = (
             select(*self._row_columns)
-            .where(jobs.c.status == JobState.SCHEDULED.value)
+            .where(in_state(jobs, JobState.SCHEDULED))
             .where(jobs.c.next_run_at <= (now if due_before is None else due_before))
             .where(jobs.c.function.in_(sorted(functions)))
             .order_by(jobs.c.next_run_at)

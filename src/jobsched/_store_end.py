@@ -32,7 +32,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ._models import JobState, RunOutcome
 from ._rows import Claim, Decision, JobRow, RunEnd
-from ._store_base import StoreBase
+from ._store_base import StoreBase, in_state
 
 logger = logging.getLogger("jobsched._store")
 
@@ -92,7 +92,7 @@ class EndingMixin(StoreBase):
         jobs = self.tables.jobs
         query = (
             select(jobs)
-            .where(jobs.c.status == JobState.RUNNING.value)
+            .where(in_state(jobs, JobState.RUNNING))
             .where(jobs.c.lease_until < now)
             .order_by(jobs.c.lease_until)
             .limit(limit)
