@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--max-workers", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--raw", help="keep py-spy's raw samples in this file")
     args = parser.parse_args()
 

@@ -300,7 +300,7 @@ def main() -> None:
     parser.add_argument("--prefix", required=True, help="table prefix (or APS table)")
     parser.add_argument("--mode", choices=["start", "pending"], default="start")
     parser.add_argument("--max-workers", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--recurring", type=int, default=0)
     parser.add_argument("--every", type=float, default=1.0)
     parser.add_argument("--count", type=int, default=0, help="APScheduler jobs")
