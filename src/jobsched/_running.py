@@ -316,7 +316,7 @@ class RunningMixin:
                 extra={"jobsched": {"action": "run_started", "job": claim.name}},
             )
         if spec is None:  # unregistered since the claim: give it back
-            self.store.release(claim, self.clock.now())
+            self._release([claim])
             return RunResult(
                 claim.name, 0, claim.scheduled_for, claim.attempt, RunOutcome.ABANDONED
             )
