@@ -204,16 +204,18 @@ def test_sqlite_shared_by_eight_processes_runs_each_job_once(
 ):
     """Eight processes share one SQLite file: 200 due jobs run once each (case B11).
 
-    200 one-off jobs are due at once; eight processes start together and poll
-    every 0.2 s (each with its own phase). Every job body runs exactly once,
-    every job ends ``done`` after one attempt, and no poll fails.
+    200 one-off jobs of 20 ms each are due at once; eight processes start
+    together and poll every 0.2 s (each with its own phase). Every job body
+    runs exactly once, every job ends ``done`` after one attempt, and no poll
+    fails. (Jobs that take no time at all would let the first process to poll
+    claim and run the whole backlog in one batch, with no contention to test.)
     """
     _journal(sqlite_path(db_url), journal)
     enqueuer = Scheduler(engine, table_prefix=prefix)
     enqueuer.register(faultjobs.body, name="record")
     names = [
         enqueuer.enqueue(
-            "record", args=[fleet.results, f"job{i:03d}"], name=f"job{i:03d}"
+            "record", args=[fleet.results, f"job{i:03d}", 0.02], name=f"job{i:03d}"
         )
         for i in range(200)
     ]
