@@ -30,6 +30,7 @@ from tenacity import (
 )
 
 from ._errors import StoreError
+from ._jsonbatch import can_batch
 from ._models import JobState, RunOutcome
 from ._notify import channel_name
 from ._pgbulk import PostgresBulk, can_bulk
@@ -129,6 +130,17 @@ class StoreBase:
         """
         if self.dialect in ("mysql", "mariadb"):
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+    @cached_property
+    def _json_dialect(self) -> str | None:
+        """The dialect, where per-row writes go as one JSON batch statement.
+
+        See :mod:`jobsched._jsonbatch`; ``None`` elsewhere (and on PostgreSQL,
+        which has statements of its own).
+        """
+        if self._bulk is None and can_batch(self.engine):
+            return self.dialect
+        return None
 
     def _lock_candidates(self) -> bool:
         """Tell whether the engine can skip rows that other claimers locked."""

@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exc, insert, select, update
+from sqlalchemy import Connection, and_, exc, insert, select, update
 
+from ._jsonbatch import BatchedUpdate, Params
 from ._models import JobState, RunOutcome
 from ._rows import Claim, ClaimSettings, Decision, JobRow
 from ._store_base import StoreBase, _job_row, in_state
@@ -179,9 +180,11 @@ class ClaimingMixin(StoreBase):
 
         On PostgreSQL one statement does it all and says which rows it took
         (:mod:`jobsched._pgbulk`). Elsewhere each row's compare-and-set is its
-        own ``UPDATE ... WHERE id AND version AND status``, sent together; which
-        of them won is then read back under the same fence (owner and new
-        version), never taken from a row count.
+        own ``UPDATE ... WHERE id AND version AND status``, applied to the whole
+        batch by one statement on MariaDB 10.6+ and SQLite 3.38+
+        (:mod:`jobsched._jsonbatch`) and sent together otherwise; which of them
+        won is then read back under the same fence (owner and new version),
+        never taken from a row count.
         """
         if not decided:
             return []
@@ -215,10 +218,10 @@ class ClaimingMixin(StoreBase):
         now: datetime,
         lease: timedelta,
     ) -> list[tuple[JobRow, Decision]]:
-        """Send one compare-and-set per row, then read back which ones won."""
+        """Apply each row's compare-and-set, then read back which ones won."""
         jobs = self.tables.jobs
-        conn.execute(
-            self._claim_statement,
+        self._claims.execute(
+            conn,
             [
                 {
                     "b_id": row.id,
@@ -226,12 +229,10 @@ class ClaimingMixin(StoreBase):
                     "b_next": decision.next_run_at,
                     "b_attempt": decision.attempt,
                     "b_for": decision.run_for,
-                    "b_owner": owner,
-                    "b_lease": now + lease,
-                    "b_now": now,
                 }
                 for row, decision in decided
             ],
+            {"b_owner": owner, "b_lease": now + lease, "b_now": now},
         )
 
         check = select(jobs.c.id, jobs.c.version).where(
@@ -243,29 +244,41 @@ class ClaimingMixin(StoreBase):
         return [(r, d) for r, d in decided if taken.get(r.id) == r.version + 1]
 
     @cached_property
-    def _claim_statement(self) -> Any:
-        """The compare-and-set ``UPDATE`` that claims one row."""
+    def _claims(self) -> BatchedUpdate:
+        """The compare-and-set ``UPDATE`` that claims a row, or a batch of rows."""
         jobs = self.tables.jobs
-        return (
-            update(jobs)
-            .where(
-                jobs.c.id == bindparam("b_id"),
-                jobs.c.version == bindparam("b_version"),
-                jobs.c.status == JobState.SCHEDULED.value,
+
+        def build(p: Params) -> Any:
+            return (
+                update(jobs)
+                .where(
+                    jobs.c.id == p["b_id"],
+                    jobs.c.version == p["b_version"],
+                    p.unindexed(jobs.c.status) == JobState.SCHEDULED.value,
+                )
+                .values(
+                    status=JobState.RUNNING.value,
+                    owner=p["b_owner"],
+                    lease_until=p["b_lease"],
+                    last_run_at=p["b_now"],
+                    updated_at=p["b_now"],
+                    version=jobs.c.version + 1,
+                    next_run_at=p["b_next"],
+                    attempt=p["b_attempt"],
+                    scheduled_for=p["b_for"],
+                    error=None,
+                )
             )
-            .values(
-                status=JobState.RUNNING.value,
-                owner=bindparam("b_owner"),
-                lease_until=bindparam("b_lease"),
-                last_run_at=bindparam("b_now"),
-                updated_at=bindparam("b_now"),
-                version=jobs.c.version + 1,
-                next_run_at=bindparam("b_next"),
-                attempt=bindparam("b_attempt"),
-                scheduled_for=bindparam("b_for"),
-                error=None,
-            )
-        )
+
+        rows = [
+            ("b_id", "int"),
+            ("b_version", "int"),
+            ("b_next", "time"),
+            ("b_attempt", "int"),
+            ("b_for", "time"),
+        ]
+        shared = ["b_owner", "b_lease", "b_now"]
+        return BatchedUpdate(build, rows, jobs.c.id, shared, self._json_dialect)
 
     def _with_run_ids(self, conn: Connection, claims: list[Claim]) -> list[Claim]:
         """Fill in the keys of the run rows just inserted for ``claims``."""

@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     and_,
-    bindparam,
     case,
     delete,
     literal,
@@ -30,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from ._jsonbatch import BatchedUpdate, Params
 from ._models import JobState, RunOutcome
 from ._rows import Claim, Decision, JobRow, RunEnd
 from ._store_base import StoreBase, in_state
@@ -133,7 +133,7 @@ class EndingMixin(StoreBase):
             if self._bulk is not None:
                 ended = self._bulk.end(conn, endings)
             else:
-                conn.execute(self._end_statement, [_job_params(e) for e in endings])
+                self._ends.execute(conn, [_job_params(e) for e in endings])
                 ended = set()
 
             # Which of them took effect: the row has the version our write gave
@@ -150,7 +150,7 @@ class EndingMixin(StoreBase):
 
             done = [e for e, ok in zip(endings, written, strict=True) if ok]
             if done and self._bulk is None:
-                conn.execute(self._run_end_statement, [_run_params(e) for e in done])
+                self._run_ends.execute(conn, [_run_params(e) for e in done])
             for claim, end, decision in done:
                 self._record_missed(
                     conn, claim.job_id, claim.name, decision, end.finished_at
@@ -168,51 +168,83 @@ class EndingMixin(StoreBase):
         return {key: (version, owner) for key, version, owner in conn.execute(check)}
 
     @cached_property
-    def _end_statement(self) -> Any:
-        """The fenced ``UPDATE`` that ends one run, with bound parameters."""
+    def _ends(self) -> BatchedUpdate:
+        """The fenced ``UPDATE`` that ends a run's job, or a batch of them."""
         jobs = self.tables.jobs
-        return (
-            update(jobs)
-            .where(
-                jobs.c.id == bindparam("b_id"),
-                jobs.c.owner == bindparam("b_owner"),
-                jobs.c.version == bindparam("b_version"),
-                jobs.c.status == JobState.RUNNING.value,
+
+        def build(p: Params) -> Any:
+            return (
+                update(jobs)
+                .where(
+                    jobs.c.id == p["b_id"],
+                    jobs.c.owner == p["b_owner"],
+                    jobs.c.version == p["b_version"],
+                    p.unindexed(jobs.c.status) == JobState.RUNNING.value,
+                )
+                .values(
+                    status=_status_on_end(jobs, p["b_status"]),
+                    next_run_at=p["b_next"],
+                    scheduled_for=p["b_for"],
+                    attempt=p["b_attempt"],
+                    owner=None,
+                    lease_until=None,
+                    last_outcome=p["b_outcome"],
+                    missed_count=jobs.c.missed_count + p["b_missed"],
+                    error=p["b_error"],
+                    version=jobs.c.version + 1,
+                    updated_at=p["b_now"],
+                )
             )
-            .values(
-                status=_status_on_end(jobs, bindparam("b_status")),
-                next_run_at=bindparam("b_next"),
-                scheduled_for=bindparam("b_for"),
-                attempt=bindparam("b_attempt"),
-                owner=None,
-                lease_until=None,
-                last_outcome=bindparam("b_outcome"),
-                missed_count=jobs.c.missed_count + bindparam("b_missed"),
-                error=bindparam("b_error"),
-                version=jobs.c.version + 1,
-                updated_at=bindparam("b_now"),
-            )
-        )
+
+        rows = [
+            ("b_id", "int"),
+            ("b_owner", "text"),
+            ("b_version", "int"),
+            ("b_status", "text"),
+            ("b_next", "time"),
+            ("b_for", "time"),
+            ("b_attempt", "int"),
+            ("b_outcome", "text"),
+            ("b_missed", "int"),
+            ("b_error", "text"),
+            ("b_now", "time"),
+        ]
+        return BatchedUpdate(build, rows, jobs.c.id, dialect=self._json_dialect)
 
     @cached_property
-    def _run_end_statement(self) -> Any:
+    def _run_ends(self) -> BatchedUpdate:
+        """The ``UPDATE`` that closes a run's history row, or a batch of them."""
         runs = self.tables.runs
-        return (
-            update(runs)
-            .where(
-                runs.c.job_id == bindparam("b_job"),
-                runs.c.scheduled_for == bindparam("b_for"),
-                runs.c.attempt == bindparam("b_attempt"),
-                runs.c.outcome == RunOutcome.RUNNING.value,
+
+        def build(p: Params) -> Any:
+            return (
+                update(runs)
+                .where(
+                    runs.c.job_id == p["b_job"],
+                    runs.c.scheduled_for == p["b_for"],
+                    runs.c.attempt == p["b_attempt"],
+                    runs.c.outcome == RunOutcome.RUNNING.value,
+                )
+                .values(
+                    outcome=p["b_outcome"],
+                    finished_at=p["b_now"],
+                    error_type=p["b_type"],
+                    error_message=p["b_message"],
+                    traceback=p["b_traceback"],
+                )
             )
-            .values(
-                outcome=bindparam("b_outcome"),
-                finished_at=bindparam("b_now"),
-                error_type=bindparam("b_type"),
-                error_message=bindparam("b_message"),
-                traceback=bindparam("b_traceback"),
-            )
-        )
+
+        rows = [
+            ("b_job", "int"),
+            ("b_for", "time"),
+            ("b_attempt", "int"),
+            ("b_outcome", "text"),
+            ("b_now", "time"),
+            ("b_type", "text"),
+            ("b_message", "text"),
+            ("b_traceback", "text"),
+        ]
+        return BatchedUpdate(build, rows, runs.c.job_id, dialect=self._json_dialect)
 
     def abandon(
         self,
@@ -281,7 +313,7 @@ class EndingMixin(StoreBase):
                 return False
 
             ending = (slot, end, decision)
-            conn.execute(self._run_end_statement, [_run_params(ending)])
+            self._run_ends.execute(conn, [_run_params(ending)])
             self._record_missed(conn, slot.job_id, slot.name, decision, end.finished_at)
         return True
 

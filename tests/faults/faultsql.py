@@ -12,15 +12,17 @@ def statement_steps(statement: str, prefix: str) -> frozenset[str]:
     (an UPDATE that ends a run: it sets ``last_outcome``), ``renew`` (an
     UPDATE that sets only ``lease_until``), ``run_row`` (an INSERT into the
     run history), ``update`` (any other UPDATE of a job). One statement may
-    take several steps: on PostgreSQL a claim also opens the run rows. Tests
-    recognise statements by their SQL so that they do not depend on how
-    jobsched's Python code is organised.
+    take several steps: on PostgreSQL a claim also opens the run rows. A
+    batch's statement (one for all its rows, see ``jobsched._jsonbatch``) is
+    recognised like the per-row one. Tests recognise statements by their SQL
+    so that they do not depend on how jobsched's Python code is organised.
     """
     text = " ".join(statement.split()).upper()
     jobs = f"{prefix}jobs".upper()
     steps = set()
+    # A batch's rows may be joined in: "UPDATE jobs, (SELECT ...) AS batch SET".
     for changes in re.findall(
-        rf"UPDATE {jobs} (?:AS \w+ )?SET (.*?)(?: WHERE|$)", text
+        rf"UPDATE {jobs}(?: AS \w+|, \(.*?\) AS \w+)? SET (.*?)(?: WHERE|$)", text
     ):
         if "LAST_RUN_AT" in changes:
             steps.add("claim")

@@ -330,6 +330,50 @@ def test_a_failing_job_is_recorded_with_its_own_error_and_the_next_job_runs(
     assert job.next_run_at == T0 + 2 * MINUTE
 
 
+def test_one_batch_of_ends_keeps_each_run_s_own_text_and_times(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
+    # The ends of one batch are written together (on some engines as one
+    # statement carrying every row's values): each row must get its own
+    # message, byte for byte, and its own times; a success stores no error.
+    messages = {
+        "quote": "it's \"quoted\" \\ back\\slash",
+        "accents": "été, Zürich, 東京 😀",
+        "long": "x" * 5000 + "\n" + "ümlaut",
+        "json": '[1, {"a": null}]',
+    }
+
+    def make(message: str) -> Callable[[], None]:
+        def fail() -> None:
+            raise ReportError(message)
+
+        return fail
+
+    scheduler = make_scheduler(clock=clock)
+    for index, (name, message) in enumerate(messages.items()):
+        scheduler.register(make(message), name=name, every=60 + index)
+    scheduler.register(noop, name="fine", every=64)
+    scheduler.jobs()
+    clock.set(T0 + 70 * SECOND)
+
+    results = scheduler.run_pending()
+
+    assert sorted(r.job for r in results) == sorted([*messages, "fine"])
+    for index, (name, message) in enumerate(messages.items()):
+        (run,) = history(scheduler, name)
+        assert (run.outcome, run.error_message) == (RunOutcome.FAILED, message)
+        assert run.scheduled_for == T0 + (60 + index) * SECOND
+        job = scheduler.get_job(name)
+        assert job.last_outcome is RunOutcome.FAILED
+        assert job.next_run_at == T0 + 2 * (60 + index) * SECOND
+        assert job_row(scheduler, name)["error"] == f"failed: {ReportError(message)!r}"
+    (run,) = history(scheduler, "fine")
+    assert run.outcome is RunOutcome.SUCCEEDED
+    assert (run.error_type, run.error_message, run.traceback) == (None, None, None)
+    assert job_row(scheduler, "fine")["error"] is None
+    assert scheduler.get_job("fine").next_run_at == T0 + 128 * SECOND
+
+
 # -- one-off and interval jobs ---------------------------------------------------------
 
 
