@@ -21,6 +21,7 @@ class WorkerProcess:
     """One ``worker.py`` process, and the messages it has sent."""
 
     def __init__(self, argv: list[str], log: Path) -> None:
+        self.log_path = log
         self.log = log.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER), *argv],
@@ -73,11 +74,18 @@ class WorkerProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(
                         f"worker {self.proc.pid} exited with {self.proc.returncode} "
-                        f"before sending {event!r}; see {self.log.name}"
+                        f"before sending {event!r} ({self._last_log_line()}); "
+                        f"see {self.log.name}"
                     ) from None
                 continue
             if message.get("event") == event:
                 return message
+
+    def _last_log_line(self) -> str:
+        """The last line written to the shared log: usually the error."""
+        self.log.flush()
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return lines[-1].strip() if lines else "nothing in the log"
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -133,6 +141,12 @@ class Fleet:
         except (TimeoutError, RuntimeError) as error:
             print(f"  ! {error}", file=sys.stderr)
             return {}
+
+    def _last_log_line(self) -> str:
+        """The last line written to the shared log: usually the error."""
+        self.log.flush()
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return lines[-1].strip() if lines else "nothing in the log"
 
     def kill(self) -> None:
         for worker in self.workers:

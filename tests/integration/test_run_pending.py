@@ -337,7 +337,7 @@ def test_one_batch_of_ends_keeps_each_run_s_own_text_and_times(
     # statement carrying every row's values): each row must get its own
     # message, byte for byte, and its own times; a success stores no error.
     messages = {
-        "quote": "it's \"quoted\" \\ back\\slash",
+        "quote": 'it\'s "quoted" \\ back\\slash',
         "accents": "été, Zürich, 東京 😀",
         "long": "x" * 5000 + "\n" + "ümlaut",
         "json": '[1, {"a": null}]',
