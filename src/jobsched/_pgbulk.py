@@ -81,17 +81,17 @@ WITH v AS (
     WHERE j.id = ANY(%(ids)b::bigint[])
       AND j.id = v.id AND j.owner = v.owner AND j.version = v.version
       AND j.status = '{running}'
-    RETURNING j.id
+    RETURNING j.id, j.version
 ), recorded AS (
     UPDATE {runs} AS r
     SET outcome = v.outcome, finished_at = v.finished_at,
         error_type = v.error_type, error_message = v.error_message,
         traceback = v.traceback
-    FROM v JOIN ended ON ended.id = v.id
+    FROM v JOIN ended ON ended.id = v.id AND ended.version = v.version + 1
     WHERE r.job_id = v.id AND r.scheduled_for = v.run_for
       AND r.attempt = v.run_attempt AND r.outcome = '{open}'
 )
-SELECT id FROM ended
+SELECT id, version - 1 FROM ended
 """
 
 
@@ -150,11 +150,13 @@ class PostgresBulk:
         }
         return dict(conn.exec_driver_sql(self._claim, params).all())
 
-    def end(self, conn: Connection, endings: Sequence[Ending]) -> set[int]:
+    def end(self, conn: Connection, endings: Sequence[Ending]) -> set[tuple[int, int]]:
         """Write the end of every run in ``endings`` whose claim still holds.
 
         Returns:
-            The ids of the jobs this statement moved on.
+            The job id and claimed version of each end this statement wrote
+            (one batch can hold two ends of one job: a stale claim's and a
+            later one's, of which only the later can hold).
         """
         params: dict[str, Any] = {
             "ids": [c.job_id for c, _, _ in endings],
@@ -174,4 +176,6 @@ class PostgresBulk:
             "messages": [e.error_message for _, e, _ in endings],
             "tracebacks": [e.traceback for _, e, _ in endings],
         }
-        return set(conn.exec_driver_sql(self._end, params).scalars())
+        return {
+            (key, version) for key, version in conn.exec_driver_sql(self._end, params)
+        }

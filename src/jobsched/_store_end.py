@@ -130,20 +130,22 @@ class EndingMixin(StoreBase):
     def _finish_many(self, endings: Sequence[Ending]) -> list[bool]:
         with self.engine.begin() as conn:
             self._without_gap_locks(conn)
+            ended: set[tuple[int, int]] = set()
             if self._bulk is not None:
                 ended = self._bulk.end(conn, endings)
             else:
                 self._ends.execute(conn, [_job_params(e) for e in endings])
-                ended = set()
 
             # Which of them took effect: the row has the version our write gave
             # it (a recovery by another process gives another). Never taken
             # from a row count. A retry after a lost commit reply finds its
             # earlier write here too.
-            unsure = {c.job_id for c, _, _ in endings if c.job_id not in ended}
+            unsure = {
+                c.job_id for c, _, _ in endings if (c.job_id, c.version) not in ended
+            }
             now_held = self._versions(conn, unsure) if unsure else {}
             written = [
-                claim.job_id in ended
+                (claim.job_id, claim.version) in ended
                 or now_held.get(claim.job_id) == (claim.version + 1, None)
                 for claim, _, _ in endings
             ]

@@ -356,6 +356,41 @@ def test_a_fenced_out_owner_writes_nothing(
     assert job_row(owner, "tick")["next_run_at"] == T0 + 3 * MINUTE
 
 
+def test_a_batch_with_a_stale_and_a_fresh_end_of_one_job_writes_only_the_fresh(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
+    """One batch can hold two ends of one job: a lost claim's and a later one's."""
+    owner = with_tick(make_scheduler(clock=clock, lease=30))
+    rescuer = with_tick(make_scheduler(clock=clock, lease=30))
+    owner._ensure_ready()
+    clock.set(T0 + MINUTE)
+    (stale,) = claim(owner)
+    clock.advance(31)
+    rescuer.run_pending()  # recovers the run of T0 + 1 min as abandoned
+    clock.set(T0 + 2 * MINUTE)
+    (fresh,) = claim(owner)  # the same owner claims the next fire time
+    assert (fresh.job_id, fresh.version) == (stale.job_id, stale.version + 3)
+
+    finished = clock.now()
+    failed = RunEnd(RunOutcome.FAILED, finished, "builtins.ValueError", "stale")
+    succeeded = RunEnd(RunOutcome.SUCCEEDED, finished)
+    written = owner.store.finish_many(
+        [
+            (stale, failed, Decision(JobState.SCHEDULED, T0 + 10 * MINUTE)),
+            (fresh, succeeded, Decision(JobState.SCHEDULED, T0 + 3 * MINUTE)),
+        ]
+    )
+
+    assert written == [False, True]
+    row = job_row(owner, "tick")
+    assert (row["next_run_at"], row["owner"]) == (T0 + 3 * MINUTE, None)
+    assert row["last_outcome"] == RunOutcome.SUCCEEDED.value
+    outcomes = {r["scheduled_for"]: r for r in run_rows(owner, "tick")}
+    assert outcomes[T0 + MINUTE]["outcome"] == RunOutcome.ABANDONED.value
+    assert outcomes[T0 + MINUTE]["error_message"] != "stale"
+    assert outcomes[T0 + 2 * MINUTE]["outcome"] == RunOutcome.SUCCEEDED.value
+
+
 def test_renew_extends_held_leases_and_returns_the_lost_ones(
     make_scheduler: Callable[..., Scheduler], clock: FakeClock
 ) -> None:
