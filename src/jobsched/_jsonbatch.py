@@ -10,7 +10,9 @@ and applies each row's own condition. Both forms are built from one
 description of the statement (:class:`BatchedUpdate`), so they cannot drift
 apart.
 
-Neither form says which rows it changed (MariaDB has no ``UPDATE ...
+A batch whose document would be large (long error texts) is sent in several
+statements of at most :data:`MAX_DOCUMENT` characters, in the same
+transaction. Neither form says which rows it changed (MariaDB has no ``UPDATE ...
 RETURNING``), so the store reads the winners back under the same fence
 afterwards; a row count never decides.
 
@@ -22,7 +24,7 @@ together with ``executemany``. PostgreSQL has statements of its own
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -151,17 +153,46 @@ class BatchedUpdate:
             conn.execute(self._per_row, [{**row, **common} for row in rows])
             return
 
+        # In key order, so that concurrent batches lock their rows in one order.
+        first = self._names[0]
         batch = [
             [
                 _stored_time(row[name]) if is_time else row[name]
                 for name, is_time in zip(self._names, self._times, strict=True)
             ]
-            for row in rows
+            for row in sorted(rows, key=lambda row: row[first])
         ]
-        common[_BATCH] = json.dumps(batch, separators=(",", ":"))
-        if self._keyed:
-            common[_KEYS] = [row[self._names[0]] for row in rows]
-        conn.execute(self._batched, common)
+        for chunk, document in _documents(batch):
+            common[_BATCH] = document
+            if self._keyed:
+                common[_KEYS] = [values[0] for values in chunk]
+            conn.execute(self._batched, common)
+
+
+#: The largest JSON document sent as one batch statement, in characters: far
+#: below MariaDB's default ``max_allowed_packet`` (16 MiB) even for rows whose
+#: texts are as long as the tables keep them.
+MAX_DOCUMENT = 1_000_000
+
+
+def _documents(batch: list[list[Any]]) -> Iterator[tuple[list[list[Any]], str]]:
+    """Split ``batch`` into chunks whose JSON documents stay under the limit."""
+    whole = json.dumps(batch, separators=(",", ":"))
+    if len(whole) <= MAX_DOCUMENT:
+        yield batch, whole
+        return
+    chunk: list[list[Any]] = []
+    parts: list[str] = []
+    size = 0
+    for values in batch:
+        part = json.dumps(values, separators=(",", ":"))
+        if chunk and size + len(part) + 1 > MAX_DOCUMENT:
+            yield chunk, "[" + ",".join(parts) + "]"
+            chunk, parts, size = [], [], 0
+        chunk.append(values)
+        parts.append(part)
+        size += len(part) + 1
+    yield chunk, "[" + ",".join(parts) + "]"
 
 
 # The bound parameters of a JSON batch: its rows, and the keys they name.

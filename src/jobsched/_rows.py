@@ -9,6 +9,37 @@ from typing import NamedTuple
 
 from ._models import JobState, RunOutcome
 
+#: The most characters of an error text (a message, a traceback, a reason) that
+#: the tables keep. At 4 bytes a character in UTF-8 this stays within the 65,535
+#: bytes of a MySQL/MariaDB ``TEXT`` column.
+MAX_TEXT = 16_000
+#: The most characters of an exception's type name (a ``VARCHAR(255)`` column).
+MAX_TYPE = 255
+# How much of a clipped text's start is kept; the rest of the room goes to its
+# end, where a traceback names the error.
+_HEAD = 4_000
+# Room kept for the note that says how much was cut.
+_MARKER_ROOM = 40
+
+
+def clip_text(text: str | None, limit: int = MAX_TEXT) -> str | None:
+    r"""``text`` as the tables store it: no NUL characters, at most ``limit`` long.
+
+    PostgreSQL refuses NUL in text and SQLite's JSON functions end a string
+    there, so each becomes the visible escape ``\x00``. A longer text keeps
+    its start and its end, with the number of characters cut between them.
+    """
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if len(text) <= limit:
+        return text
+    head = min(_HEAD, limit // 4)
+    tail = max(limit - head - _MARKER_ROOM, 0)
+    marker = f"\n[... {len(text) - head - tail} characters cut ...]\n"
+    return text[:head] + marker + (text[-tail:] if tail else "")
+
 
 @dataclass(frozen=True)
 class JobRow:
@@ -55,6 +86,12 @@ class Decision:
     reason: str = ""
     error: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            object.__setattr__(self, "error", clip_text(self.error))
+        if self.reason:
+            object.__setattr__(self, "reason", clip_text(self.reason))
+
 
 class ClaimSettings(NamedTuple):
     """What every claim of one batch shares."""
@@ -93,3 +130,11 @@ class RunEnd:
     error_message: str | None = None
     traceback: str | None = None
     duration: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.error_type is not None:
+            object.__setattr__(self, "error_type", clip_text(self.error_type, MAX_TYPE))
+        if self.error_message is not None:
+            object.__setattr__(self, "error_message", clip_text(self.error_message))
+        if self.traceback is not None:
+            object.__setattr__(self, "traceback", clip_text(self.traceback))

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._clock import Clock
 from ._decide import Ended, decide_claim, decide_end, parse_row
@@ -39,6 +39,8 @@ from ._runner import (
     running_as,
 )
 from ._store import Store
+from ._store_base import is_transient
+from ._store_end import Ending
 
 if TYPE_CHECKING:
     from ._worker import LeaseKeeper
@@ -413,29 +415,38 @@ class RunningMixin:
     def _write_ends(self) -> None:
         """Write every queued run end in one transaction.
 
+        If the database refuses the batch for a reason that is not transient,
+        each end is written on its own, and any it refuses alone is dropped
+        (see :meth:`_write_end_alone`).
+
         Raises:
-            StoreError: The database failed; the ends stay queued.
+            StoreError: The database failed for a transient reason; the ends
+                not written stay queued.
         """
         with self._lock:
             endings, self._ends = self._ends, []
         if not endings:
             return
 
+        kept: list[int] = []
+        failure: StoreError | None = None
         try:
-            written = self.store.finish_many(endings)
-        except StoreError:
-            with self._lock:
-                self._ends = endings + self._ends
-            logger.warning(
-                "could not record %d run(s) yet; kept, will retry", len(endings)
-            )
-            raise
+            written: list[bool | None] = list(self.store.finish_many(endings))
+        except StoreError as error:
+            if _may_pass(error):
+                self._keep_ends(endings, error)
+            # One end the database refuses must not hold up the others.
+            written, kept, failure = self._write_each(endings)
 
-        for (claim, end, decision), ok in zip(endings, written, strict=True):
+        for index, ((claim, end, decision), ok) in enumerate(
+            zip(endings, written, strict=True)
+        ):
+            if index in kept:
+                continue
             self._leases.unpin(claim)
             if ok:
                 self._announce_end(claim, end, decision)
-            else:
+            elif ok is not None:
                 logger.warning(
                     "job %r: lost its claim while running (its lease expired and "
                     "another process recovered it, or the job was removed); its "
@@ -443,6 +454,61 @@ class RunningMixin:
                     claim.name,
                     extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
                 )
+        if failure is not None:
+            self._keep_ends([endings[index] for index in kept], failure)
+
+    def _write_each(
+        self, endings: list[Ending]
+    ) -> tuple[list[bool | None], list[int], StoreError | None]:
+        """Write each end in a transaction of its own, after their batch failed.
+
+        Returns:
+            For each end, whether it was written (``None``: refused, see
+            :meth:`_write_end_alone`); the indexes of those to queue again (from
+            the first that failed for a transient reason on, as the database is
+            likely down); and that failure.
+        """
+        written: list[bool | None] = []
+        for index, ending in enumerate(endings):
+            result = self._write_end_alone(ending)
+            if isinstance(result, StoreError):
+                rest = len(endings) - index
+                return written + [None] * rest, list(range(index, len(endings))), result
+            written.append(result)
+        return written, [], None
+
+    def _keep_ends(self, endings: list[Ending], error: StoreError) -> NoReturn:
+        """Queue ``endings`` again, ahead of newer ones, and raise ``error``."""
+        with self._lock:
+            self._ends = endings + self._ends
+        logger.warning("could not record %d run(s) yet; kept, will retry", len(endings))
+        raise error
+
+    def _write_end_alone(self, ending: Ending) -> bool | StoreError | None:
+        """Write one end in a transaction of its own.
+
+        Returns:
+            Whether it was written, as :meth:`Store.finish_many` says; the error,
+            if it failed for a transient reason; ``None`` if the database
+            refused it. Such an end is dropped (it would fail again): its lease
+            is let lapse, and the run is recovered as abandoned like the run of
+            a process that died.
+        """
+        claim = ending[0]
+        try:
+            return self.store.finish_many([ending])[0]
+        except StoreError as error:
+            if _may_pass(error):
+                return error
+            logger.error(
+                "job %r: the database refused the result of its run (%s); it "
+                "was not recorded, and the run will be recovered as abandoned "
+                "once its lease expires",
+                claim.name,
+                error,
+                extra={"jobsched": {"action": "end_refused", "job": claim.name}},
+            )
+            return None
 
     def _announce_end(self, claim: Claim, end: RunEnd, decision: Decision) -> None:
         """Publish the events of a run whose end is committed."""
@@ -562,3 +628,9 @@ class RunningMixin:
                 row.owner,
                 extra={"jobsched": {"action": "lease_expired", "job": row.name}},
             )
+
+
+def _may_pass(error: StoreError) -> bool:
+    """Tell whether retrying the write that failed with ``error`` may succeed."""
+    cause = error.__cause__
+    return cause is None or is_transient(cause)

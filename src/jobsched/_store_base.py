@@ -48,11 +48,44 @@ RETRY_INITIAL_WAIT = 0.05
 RETRY_MAX_WAIT = 2.0
 
 
+# MySQL/MariaDB server errors worth a retry. PyMySQL raises OperationalError for
+# every server error it does not classify, including refusals that would only
+# fail again (a CHECK constraint, a trigger's SIGNAL); client errors (2000 to
+# 2999: the connection) are always worth one.
+_MYSQL_TRANSIENT = frozenset(
+    {
+        1040,  # too many connections
+        1053,  # server shutdown in progress
+        1152, 1153, 1154, 1155, 1156, 1157, 1158, 1159, 1160, 1161,  # network
+        1205,  # lock wait timeout
+        1213,  # deadlock
+        1290, 1836,  # read-only (a failover in progress)
+        1317,  # query interrupted
+        1927,  # connection killed
+        4031,  # disconnected for inactivity
+    }
+)  # fmt: skip
+
+
 def is_transient(error: BaseException) -> bool:
     """Tell whether a database error may go away if the transaction is retried."""
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, (exc.OperationalError, exc.InterfaceError))
+    if isinstance(error, exc.InterfaceError):
+        return True
+    if not isinstance(error, exc.OperationalError):
+        return False
+    code = _mysql_code(error)
+    return code is None or 2000 <= code < 3000 or code in _MYSQL_TRANSIENT
+
+
+def _mysql_code(error: exc.DBAPIError) -> int | None:
+    """The MySQL/MariaDB error number of ``error``, or ``None`` for other drivers."""
+    driver = type(error.orig).__module__
+    if not driver.startswith(("pymysql", "MySQLdb", "mysql")):
+        return None
+    args = getattr(error.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import tenacity
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select, text
 
 from jobsched import (
     JobNotFound,
@@ -29,6 +29,8 @@ from jobsched import (
     SchedulerStateError,
     current_run,
 )
+from jobsched import _jsonbatch as jsonbatch
+from jobsched._rows import MAX_TEXT
 from jobsched.testing import FakeClock
 
 UTC = timezone.utc
@@ -372,6 +374,141 @@ def test_one_batch_of_ends_keeps_each_run_s_own_text_and_times(
     assert (run.error_type, run.error_message, run.traceback) == (None, None, None)
     assert job_row(scheduler, "fine")["error"] is None
     assert scheduler.get_job("fine").next_run_at == T0 + 128 * SECOND
+
+
+def test_long_texts_and_nul_characters_are_stored_clipped_and_escaped(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
+    # Every backend keeps a message as long as a MySQL TEXT column can hold:
+    # the start and the end of a longer one, and NUL (refused by PostgreSQL,
+    # cut at by SQLite's JSON functions) as a visible escape.
+    message = "start\x00" + "é" * 100_000 + "the end"
+
+    def fail() -> None:
+        raise ReportError(message)
+
+    scheduler = make_scheduler(clock=clock)
+    scheduler.register(fail, name="verbose", every=60)
+    scheduler.jobs()
+    clock.set(T0 + MINUTE)
+
+    (result,) = scheduler.run_pending()
+
+    assert str(result.error) == message  # the caller still sees it whole
+    (run,) = history(scheduler, "verbose")
+    stored = run.error_message
+    assert stored is not None and len(stored) <= MAX_TEXT
+    assert stored.startswith("start\\x00éé")
+    assert stored.endswith("éé" + "the end")
+    assert "characters cut" in stored
+    assert run.traceback is not None and run.traceback.rstrip().endswith("the end")
+    assert len(run.traceback) <= MAX_TEXT
+    assert "\x00" not in (job_row(scheduler, "verbose")["error"] or "x\x00")
+
+
+def test_a_batch_of_ends_too_large_for_one_statement_is_sent_in_parts(
+    make_scheduler: Callable[..., Scheduler],
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On MariaDB and SQLite a batch travels as one JSON document; past a size
+    # (here made small) it is split, in the same transaction.
+    monkeypatch.setattr(jsonbatch, "MAX_DOCUMENT", 20_000)
+
+    def make(index: int) -> Callable[[], None]:
+        def fail() -> None:
+            raise ReportError(f"{index}:" + "x" * 3_000)
+
+        return fail
+
+    scheduler = make_scheduler(clock=clock)
+    for index in range(12):
+        scheduler.register(make(index), name=f"j{index}", every=60)
+    scheduler.jobs()
+    clock.set(T0 + MINUTE)
+    batches: list[str] = []  # the JSON documents sent
+
+    @event.listens_for(scheduler.engine, "before_cursor_execute")
+    def count(
+        conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any
+    ) -> None:
+        values = parameters.values() if isinstance(parameters, dict) else parameters
+        batches.extend(v for v in values if isinstance(v, str) and v.startswith("[["))
+
+    try:
+        results = scheduler.run_pending()
+    finally:
+        event.remove(scheduler.engine, "before_cursor_execute", count)
+
+    assert len(results) == 12
+    for index in range(12):
+        (run,) = history(scheduler, f"j{index}")
+        assert run.error_message == f"{index}:" + "x" * 3_000
+        assert scheduler.get_job(f"j{index}").next_run_at == T0 + 2 * MINUTE
+    if scheduler.store._json_dialect is not None:
+        # The ends of the jobs carry 36 kB of messages, the closes of their
+        # runs 75 kB with the tracebacks: both went in several documents.
+        assert max(len(document) for document in batches) <= 20_000
+        assert sum(len(document) for document in batches) > 100_000
+
+
+def test_an_end_the_database_refuses_is_dropped_without_holding_up_the_others(
+    make_scheduler: Callable[..., Scheduler],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A table rule of the application's refuses one run's message. The other
+    # end of the same batch is written; the refused run is recovered as
+    # abandoned once its lease expires, as if its process had died.
+    def poisoned() -> None:
+        raise ReportError("poison pill")
+
+    scheduler = make_scheduler(clock=clock, lease=30.0)
+    scheduler.register(poisoned, name="poisoned", every=60)
+    scheduler.register(noop, name="fine", every=60)
+    scheduler.jobs()
+    refuse_messages_containing(scheduler, "poison")
+    clock.set(T0 + MINUTE)
+
+    with caplog.at_level(logging.ERROR, logger="jobsched"):
+        results = scheduler.run_pending()
+
+    assert sorted(r.job for r in results) == ["fine", "poisoned"]
+    (run,) = history(scheduler, "fine")
+    assert run.outcome is RunOutcome.SUCCEEDED
+    assert scheduler.get_job("fine").status is JobState.SCHEDULED
+    assert scheduler.get_job("poisoned").status is JobState.RUNNING
+    assert "job 'poisoned': the database refused the result" in caplog.text
+    assert scheduler._ends_count() == 0  # nothing left queued to retry for ever
+
+    clock.advance(31)
+    scheduler.run_pending()
+
+    (run,) = history(scheduler, "poisoned")
+    assert (run.scheduled_for, run.outcome) == (T0 + MINUTE, RunOutcome.ABANDONED)
+    job = scheduler.get_job("poisoned")
+    assert (job.status, job.next_run_at) == (JobState.SCHEDULED, T0 + 2 * MINUTE)
+
+
+def refuse_messages_containing(scheduler: Scheduler, word: str) -> None:
+    """Make the run history refuse error messages that contain ``word``."""
+    runs = scheduler.tables.runs.name
+    with scheduler.engine.begin() as conn:
+        if scheduler.engine.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER {runs}_refuse BEFORE UPDATE ON {runs} "
+                    f"WHEN NEW.error_message LIKE '%{word}%' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    f"ALTER TABLE {runs} ADD CONSTRAINT {runs}_refuse CHECK "
+                    f"(error_message IS NULL OR error_message NOT LIKE '%{word}%')"
+                )
+            )
 
 
 # -- one-off and interval jobs ---------------------------------------------------------
