@@ -218,7 +218,13 @@ class ClaimingMixin(StoreBase):
         now: datetime,
         lease: timedelta,
     ) -> list[tuple[JobRow, Decision]]:
-        """Apply each row's compare-and-set, then read back which ones won."""
+        """Apply each row's compare-and-set, then read back which ones won.
+
+        The read-back tells winners by owner and new version, so two claims of
+        one row under the same owner at once could both read the row as theirs.
+        The scheduler never makes them: its threads claim one at a time (the
+        scheduler's claim lock), and each process has its own owner token.
+        """
         jobs = self.tables.jobs
         self._claims.execute(
             conn,
