@@ -324,20 +324,32 @@ def test_an_owner_recovers_its_own_claim_that_it_does_not_hold(
     assert job_row(owner, "tick")["status"] != JobState.RUNNING.value
 
 
-def test_a_fenced_out_owner_writes_nothing(
-    make_scheduler: Callable[..., Scheduler],
-    clock: FakeClock,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Fencing: after a takeover the first owner's writes all fail (guarantee 3)."""
+def lost_claim(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> tuple[Scheduler, Scheduler, Claim]:
+    """An owner's claim of ``tick`` at T0 + 1 min, lost to a rescuer's recovery.
+
+    Returns the owner, the rescuer and the lost claim, with the clock at
+    T0 + 2 min, when the next fire time is due.
+    """
     owner = with_tick(make_scheduler(clock=clock, lease=30))
     rescuer = with_tick(make_scheduler(clock=clock, lease=30))
     owner._ensure_ready()
     clock.set(T0 + MINUTE)
     (stale,) = claim(owner)
     clock.advance(31)
-    rescuer.run_pending()  # recovers the run of T0 + 1 min
+    rescuer.run_pending()  # recovers the run of T0 + 1 min as abandoned
     clock.set(T0 + 2 * MINUTE)
+    return owner, rescuer, stale
+
+
+def test_a_fenced_out_owner_writes_nothing(
+    make_scheduler: Callable[..., Scheduler],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Fencing: after a takeover the first owner's writes all fail (guarantee 3)."""
+    owner, rescuer, stale = lost_claim(make_scheduler, clock)
     (fresh,) = claim(rescuer)  # and claims the next one
     jobs_before, runs_before = job_row(owner, "tick"), run_rows(owner)
 
@@ -360,14 +372,7 @@ def test_a_batch_with_a_stale_and_a_fresh_end_of_one_job_writes_only_the_fresh(
     make_scheduler: Callable[..., Scheduler], clock: FakeClock
 ) -> None:
     """One batch can hold two ends of one job: a lost claim's and a later one's."""
-    owner = with_tick(make_scheduler(clock=clock, lease=30))
-    rescuer = with_tick(make_scheduler(clock=clock, lease=30))
-    owner._ensure_ready()
-    clock.set(T0 + MINUTE)
-    (stale,) = claim(owner)
-    clock.advance(31)
-    rescuer.run_pending()  # recovers the run of T0 + 1 min as abandoned
-    clock.set(T0 + 2 * MINUTE)
+    owner, _, stale = lost_claim(make_scheduler, clock)
     (fresh,) = claim(owner)  # the same owner claims the next fire time
     assert (fresh.job_id, fresh.version) == (stale.job_id, stale.version + 3)
 
