@@ -428,7 +428,6 @@ class RunningMixin:
         if not endings:
             return
 
-        kept: list[int] = []
         failure: StoreError | None = None
         try:
             written: list[bool | None] = list(self.store.finish_many(endings))
@@ -436,13 +435,11 @@ class RunningMixin:
             if _may_pass(error):
                 self._keep_ends(endings, error)
             # One end the database refuses must not hold up the others.
-            written, kept, failure = self._write_each(endings)
+            written, failure = self._write_each(endings)
 
-        for index, ((claim, end, decision), ok) in enumerate(
-            zip(endings, written, strict=True)
-        ):
-            if index in kept:
-                continue
+        # After a failure, the ends without an answer are queued again below.
+        answered = endings[: len(written)]
+        for (claim, end, decision), ok in zip(answered, written, strict=True):
             self._leases.unpin(claim)
             if ok:
                 self._announce_end(claim, end, decision)
@@ -455,27 +452,26 @@ class RunningMixin:
                     extra={"jobsched": {"action": "claim_lost", "job": claim.name}},
                 )
         if failure is not None:
-            self._keep_ends([endings[index] for index in kept], failure)
+            self._keep_ends(endings[len(answered) :], failure)
 
     def _write_each(
         self, endings: list[Ending]
-    ) -> tuple[list[bool | None], list[int], StoreError | None]:
+    ) -> tuple[list[bool | None], StoreError | None]:
         """Write each end in a transaction of its own, after their batch failed.
 
         Returns:
-            For each end, whether it was written (``None``: refused, see
-            :meth:`_write_end_alone`); the indexes of those to queue again (from
-            the first that failed for a transient reason on, as the database is
-            likely down); and that failure.
+            For each end written or refused, in order, whether it was written
+            (``None``: refused, see :meth:`_write_end_alone`); and the transient
+            failure that stopped the loop, if one did (the database is likely
+            down: the ends left are not tried).
         """
         written: list[bool | None] = []
-        for index, ending in enumerate(endings):
+        for ending in endings:
             result = self._write_end_alone(ending)
             if isinstance(result, StoreError):
-                rest = len(endings) - index
-                return written + [None] * rest, list(range(index, len(endings))), result
+                return written, result
             written.append(result)
-        return written, [], None
+        return written, None
 
     def _keep_ends(self, endings: list[Ending], error: StoreError) -> NoReturn:
         """Queue ``endings`` again, ahead of newer ones, and raise ``error``."""
