@@ -150,7 +150,7 @@ class Scheduler(RunningMixin, ManagementMixin):
         self._sync = Synchronizer(self.store, self.clock)
         self._leases = LeaseKeeper(self)
         self._poller: Poller | None = None
-        # Ends of runs waiting to be written together (see RunningMixin).
+        # Ends of runs waiting to be written together (see EndQueueMixin).
         self._ends: list[tuple[Claim, RunEnd, Decision]] = []
         self._ends_since = 0.0
         self._pace: float | None = None
